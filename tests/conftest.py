@@ -1,0 +1,27 @@
+"""Shared test setup: quiet TensorFlow, paths to the data ../shared holds."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TFCAPTION_SHARED", REPO.parent / "shared"))
+FLICKR8K = SHARED / "flickr8k"
+SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+@pytest.fixture(scope="session")
+def flickr8k_root():
+    if not (FLICKR8K / "Flickr8k_text" / "Flickr8k.token.txt").exists():
+        pytest.skip(f"Flickr8k not found at {FLICKR8K}")
+    return FLICKR8K
+
+
+@pytest.fixture(scope="session")
+def squeezenet_h5():
+    if not SQUEEZENET_H5.exists():
+        pytest.skip(f"SqueezeNet weights not found at {SQUEEZENET_H5}")
+    return SQUEEZENET_H5

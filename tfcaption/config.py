@@ -1,0 +1,115 @@
+"""Plain dataclasses that configure a run; a pipeline file builds one `RunConfig`.
+
+Every field can be overridden from the command line as `--set section.field=value`
+(see `override`), so there is no second way to configure anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the examples come from and how their text becomes tokens.
+
+    source: one of tfcaption.data.sources.SOURCES ("synthetic", "flickr8k",
+        "karpathy", "coco", "jsonl", "csv").
+    root: the dataset folder (Flickr8k's official layout, the synthetic world's
+        folder, the image folder of a Karpathy/JSONL/CSV source, or the
+        tensorflow-datasets data_dir for "coco").
+    annotations: the captions file of "karpathy", "jsonl" and "csv" sources; may
+        contain "{split}" (e.g. "captions_{split}.jsonl").
+    splits: names of the train / validation / test splits in the source's own terms.
+    """
+
+    source: str = "synthetic"
+    root: str = "data/synthetic"
+    annotations: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    # The synthetic world's size (ignored by other sources).
+    synthetic_seed: int = 0
+    synthetic_counts: tuple[int, int, int] = (3000, 300, 300)
+    synthetic_image_size: int = 128
+    # Vocabulary: words seen at least `min_count` times in the train split, at
+    # most `max_vocab` of them (0 = no cap), plus <pad> <start> <end> <unk>.
+    min_count: int = 1
+    max_vocab: int = 0
+    # Captions longer than this many words (before <start>/<end>) are cut.
+    max_caption_words: int = 30
+
+
+@dataclasses.dataclass
+class FeatureConfig:
+    """The backbone that turns images into feature grids, and the cache it fills.
+
+    weights: "imagenet" (Keras cache), "random", or a path to an .h5 file.
+    input_size: 0 = the backbone's native size; SqueezeNet accepts any size.
+    """
+
+    backbone: str = "squeezenet"
+    weights: str = "random"
+    input_size: int = 0
+    cache_dir: str = "runs/synthetic/features"
+    batch_size: int = 32
+    shard_size: int = 256
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """How the feature cache becomes training batches."""
+
+    batch_size: int = 64
+    shuffle_buffer: int = 4096
+    # Fixed shapes for TPU/XLA: every batch padded to max_caption_words + 2
+    # tokens, and the last short batch dropped.
+    fixed_shapes: bool = False
+    bucket_boundaries: tuple[int, ...] = (8, 12, 16, 20)
+    cache_in_memory: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "synthetic"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+
+
+def _parse(value: str, kind: typing.Any):
+    """Turns a command-line string into the type of the field it overrides."""
+    if kind is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(kind)
+        return tuple(_parse(v, inner) for v in value.split(",") if v != "")
+    return kind(value)
+
+
+def override(config, assignment: str):
+    """Applies one "section.field=value" (or "field=value") override in place."""
+    key, sep, value = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"override {assignment!r} is not of the form section.field=value")
+    *path, field = key.strip().split(".")
+    target = config
+    for part in path:
+        if not hasattr(target, part):
+            raise ValueError(f"override {assignment!r}: no section {part!r}")
+        target = getattr(target, part)
+    hints = typing.get_type_hints(type(target))
+    if field not in hints:
+        names = ", ".join(sorted(hints))
+        raise ValueError(f"override {assignment!r}: no field {field!r} (fields: {names})")
+    setattr(target, field, _parse(value.strip(), hints[field]))
+    return config
