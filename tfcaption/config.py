@@ -74,11 +74,56 @@ class PipelineConfig:
 
 
 @dataclasses.dataclass
+class ModelConfig:
+    """The decoder's sizes (see tfcaption.models.decoder.GRUDecoder)."""
+
+    embedding_dim: int = 256
+    units: int = 512
+    attention_units: int = 512
+    feature_dim: int = 512  # the projected feature size (the attention "values")
+    dropout: float = 0.3
+    gate: bool = True  # Show, Attend and Tell's beta = sigmoid(f(h)) gating scalar
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The training loop: optimisation, distribution, checkpoints and validation.
+
+    strategy: "default" (one device), "mirrored" (the GPUs of one machine),
+        "multiworker" (MultiWorkerMirroredStrategy from TF_CONFIG) or "tpu".
+    mixed_precision: "" (float32), "mixed_float16" (GPU; with loss scaling) or
+        "mixed_bfloat16" (TPU, recent CPUs).
+    """
+
+    train_dir: str = "runs/synthetic/train"
+    epochs: int = 20
+    max_minutes: float = 0.0  # 0 = no limit; else stop (with a checkpoint) after this
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    min_learning_rate_ratio: float = 0.05  # cosine decay ends at this fraction
+    clip_norm: float = 5.0
+    attention_lambda: float = 1.0  # doubly stochastic attention regulariser
+    strategy: str = "default"
+    tpu: str = ""  # TPU name or address for strategy="tpu" ("" = the local TPU VM)
+    mixed_precision: str = ""
+    jit_compile: bool = False
+    checkpoint_every: int = 500  # steps; an epoch's end always checkpoints
+    keep_checkpoints: int = 3
+    patience: int = 5  # epochs without a better validation CIDEr-D before stopping
+    val_images: int = 0  # 0 = the whole validation split
+    val_batch_size: int = 100
+    log_every: int = 50
+    seed: int = 0
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "synthetic"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
 def _parse(value: str, kind: typing.Any):

@@ -1,0 +1,30 @@
+# The two commands: `make demo` runs the main job, `make test` runs the tests.
+# Each bootstraps .venv from setup.py on first use (and again when setup.py changes).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-slow bench clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/tfcaption run pipelines/synthetic.py
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+# Tests that need real weights, real data or minutes of CPU.
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -q -m slow
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/extraction.py
+
+clean:
+	rm -rf runs data

@@ -1,0 +1,134 @@
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from tfcaption.data import features
+from tests.data.fixtures import make_dataset
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_dataset(tmp_path, count=10)
+
+
+def cached_ids(cache_split_dir: str) -> list[str]:
+    names = sorted(n for n in os.listdir(cache_split_dir) if n.endswith(".tfrecord"))
+    ids = []
+    for name in names:
+        for record in tf.data.TFRecordDataset(os.path.join(cache_split_dir, name)):
+            row = tf.io.parse_single_example(
+                record, {"image_id": tf.io.FixedLenFeature([], tf.string)})
+            ids.append(row["image_id"].numpy().decode())
+    return ids
+
+
+def test_extract_caches_every_good_image_and_reports_bad_ones(config, caplog):
+    manifest = features.extract(config, "train")
+    assert manifest["complete"] and manifest["count"] == 10
+    assert manifest["grid_shape"] == [3, 3, 512] and manifest["backbone"] == "squeezenet"
+    skipped = {os.path.basename(s["path"]): s["error"] for s in manifest["skipped"]}
+    assert set(skipped) == {"corrupt.jpg", "truncated.jpg", "missing.jpg"}
+    assert "NotFound" in skipped["missing.jpg"]
+    for name in skipped:
+        assert name in caplog.text  # reported by path, not only counted
+    out = features.split_dir(config.features.cache_dir, "train")
+    ids = cached_ids(out)
+    assert len(ids) == len(set(ids)) == 10
+    assert manifest["captions"] == 30
+    vocab = open(os.path.join(config.features.cache_dir, "vocab.txt")).read().split()
+    assert vocab[:4] == ["<pad>", "<start>", "<end>", "<unk>"] and "circle" in vocab
+    on_disk = json.load(open(os.path.join(out, "manifest.json")))
+    assert on_disk["fingerprint"]["weights"] == "random:0"
+
+
+def test_second_run_does_no_work(config, monkeypatch):
+    features.extract(config, "train")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete cache was extracted again")
+
+    monkeypatch.setattr(features.Extractor, "write_shard", fail)
+    assert features.extract(config, "train")["count"] == 10
+
+
+def test_interrupted_run_resumes_without_loss_or_duplicates(config, monkeypatch):
+    real = features.Extractor.write_shard
+    calls = []
+
+    def dies_on_third_shard(self, examples, path):
+        calls.append(path)
+        if len(calls) == 3:
+            # Half a shard on disk under its temporary name, as a kill leaves it.
+            open(f"{path}.tfrecord.tmp", "wb").write(b"partial")
+            raise KeyboardInterrupt
+        return real(self, examples, path)
+
+    monkeypatch.setattr(features.Extractor, "write_shard", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        features.extract(config, "train")
+    with pytest.raises(FileNotFoundError, match="no complete feature cache"):
+        features.load_manifest(config.features.cache_dir, "train")
+    monkeypatch.setattr(features.Extractor, "write_shard", real)
+    manifest = features.extract(config, "train")
+    ids = cached_ids(features.split_dir(config.features.cache_dir, "train"))
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == manifest["count"] == 10
+
+
+def test_shards_split_across_workers(config):
+    first = features.extract(config, "train", shard=(0, 2))
+    assert first == {"complete": False, "missing_shards": first["missing_shards"]}
+    assert len(first["missing_shards"]) == 2
+    manifest = features.extract(config, "train", shard=(1, 2))
+    assert manifest["complete"] and manifest["count"] == 10
+    assert features.parse_shard_spec("1/2") == (1, 2)
+    with pytest.raises(ValueError):
+        features.parse_shard_spec("2/2")
+
+
+def test_cache_of_other_inputs_is_not_mixed_in(config):
+    out = features.split_dir(config.features.cache_dir, "train")
+    features.extract(config, "train", shard=(0, 2))
+    config.features.seed = 1  # other random weights: other features
+    with pytest.raises(RuntimeError, match="holds a cache of other inputs"):
+        features.extract(config, "train")
+    assert os.path.exists(os.path.join(out, "fingerprint.json"))
+
+
+def test_large_image_is_resized(tmp_path):
+    import numpy as np
+    from PIL import Image
+    config = make_dataset(tmp_path, count=1, bad=False)
+    Image.fromarray(np.zeros((2500, 3000, 3), np.uint8)).save(tmp_path / "img" / "0000.jpg")
+    assert features.extract(config, "train")["count"] == 1
+
+
+def test_sigkill_half_way_then_resume(tmp_path):
+    """A real `kill -9` of the CLI while it writes shards; the re-run completes the cache."""
+    config_file = tmp_path / "pipeline.py"
+    make_dataset(tmp_path, count=40, bad=False)
+    config_file.write_text(
+        "from tests.data.fixtures import make_dataset\nimport pathlib\n"
+        f"CONFIG = make_dataset(pathlib.Path({str(tmp_path)!r}), count=40, bad=False)\n")
+    cmd = [sys.executable, "-m", "tfcaption.cli", "extract", str(config_file), "--split", "train"]
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
+    out = features.split_dir(str(tmp_path / "cache"), "train")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [n for n in os.listdir(out)] if os.path.isdir(out) else []
+        if sum(n.endswith(".tfrecord") for n in done) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "manifest.json")), "killed too late to test"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ids = cached_ids(out)
+    assert len(ids) == len(set(ids)) == 40

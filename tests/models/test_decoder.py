@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcaption.models.attention import BahdanauAttention
+from tfcaption.models.captioner import caption_loss, target_mask
+from tfcaption.models.decoder import GRUDecoder
+
+VOCAB, LOCATIONS, CHANNELS = 30, 9, 16
+
+
+def tiny_decoder(**kwargs) -> GRUDecoder:
+    args = dict(vocab_size=VOCAB, embedding_dim=8, units=8, attention_units=8, feature_dim=8,
+                dropout=0.0)
+    decoder = GRUDecoder(**{**args, **kwargs})
+    decoder((tf.zeros([1, LOCATIONS, CHANNELS]), tf.zeros([1, 2], tf.int32)))
+    return decoder
+
+
+def batch(seed=0, size=4, length=7):
+    rng = np.random.default_rng(seed)
+    features = tf.constant(rng.normal(size=(size, LOCATIONS, CHANNELS)) * 1e-3, tf.float32)
+    tokens = rng.integers(4, VOCAB, size=(size, length)).astype(np.int32)
+    tokens[:, 0] = 1  # <start>
+    ends = [length - 1, 3, 4, length - 2][:size]
+    for row, end in enumerate(ends):
+        tokens[row, end] = 2  # <end>
+        tokens[row, end + 1:] = 0
+    return features, tf.constant(tokens)
+
+
+def test_attention_sums_to_one_over_locations():
+    layer = BahdanauAttention(8)
+    values = tf.random.normal([3, LOCATIONS, 5])
+    context, alpha = layer(values, layer.keys(values), tf.random.normal([3, 6]))
+    np.testing.assert_allclose(tf.reduce_sum(alpha, -1).numpy(), 1.0, rtol=1e-6)
+    assert context.shape == (3, 5) and alpha.shape == (3, LOCATIONS)
+    assert layer.get_config()["units"] == 8
+
+
+def test_step_matches_teacher_forcing_and_has_static_contract():
+    decoder = tiny_decoder()
+    features, tokens = batch()
+    logits, alphas = decoder.teacher_forced(features, tokens)
+    values, keys, state = decoder.encode(features)
+    for t in range(tokens.shape[1] - 1):
+        step_logits, state, alpha = decoder.step(tokens[:, t], state, values, keys)
+        np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-5)
+        np.testing.assert_allclose(alpha.numpy(), alphas[:, t].numpy(), atol=1e-6)
+    assert logits.dtype == tf.float32 and logits.shape == (4, tokens.shape[1] - 1, VOCAB)
+
+
+def test_mask_counts_up_to_and_including_end():
+    targets = tf.constant([[5, 6, 2, 0, 0], [5, 2, 7, 7, 2]])
+    assert target_mask(targets).numpy().tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+
+
+def loss_and_grads(decoder, features, tokens, lam=1.0):
+    with tf.GradientTape() as tape:
+        loss, _ = caption_loss(decoder, features, tokens, global_batch_size=4,
+                               attention_lambda=lam)
+    return loss, tape.gradient(loss, decoder.trainable_variables)
+
+
+def test_padding_changes_neither_loss_nor_gradients():
+    decoder = tiny_decoder()
+    features, tokens = batch()
+    noisy = tokens.numpy()
+    noisy[noisy == 0] = 17  # anything at all after <end>
+    loss_a, grads_a = loss_and_grads(decoder, features, tokens)
+    loss_b, grads_b = loss_and_grads(decoder, features, tf.constant(noisy))
+    assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-6)
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
+                                   tf.convert_to_tensor(b).numpy(), atol=1e-7)
+
+
+def test_regulariser_is_counted():
+    decoder = tiny_decoder()
+    features, tokens = batch()
+    assert float(loss_and_grads(decoder, features, tokens, lam=1.0)[0]) > float(
+        loss_and_grads(decoder, features, tokens, lam=0.0)[0])
+
+
+def test_graph_step_equals_eager_step():
+    decoder = tiny_decoder()
+    features, tokens = batch()
+    eager_loss, eager_grads = loss_and_grads(decoder, features, tokens)
+    graph_loss, graph_grads = tf.function(loss_and_grads)(decoder, features, tokens)
+    assert float(eager_loss) == pytest.approx(float(graph_loss), rel=1e-5)
+    for a, b in zip(eager_grads, graph_grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
+                                   tf.convert_to_tensor(b).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_step_compiles_with_xla():
+    decoder = tiny_decoder()
+    features, tokens = batch()
+    eager_loss, _ = loss_and_grads(decoder, features, tokens)
+    compiled = tf.function(lambda f, t: loss_and_grads(decoder, f, t), jit_compile=True)
+    xla_loss, grads = compiled(features, tokens)
+    assert float(xla_loss) == pytest.approx(float(eager_loss), rel=1e-4)
+    hlo = compiled.experimental_get_compiler_ir(features, tokens)(stage="hlo")
+    assert "while" in hlo  # the time loop is one XLA while, not an unrolled graph
+
+
+def test_dropout_only_in_training():
+    decoder = tiny_decoder(dropout=0.5)
+    features, tokens = batch()
+    a, _ = decoder.teacher_forced(features, tokens, training=False)
+    b, _ = decoder.teacher_forced(features, tokens, training=False)
+    c, _ = decoder.teacher_forced(features, tokens, training=True)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.allclose(a.numpy(), c.numpy())
+
+
+def test_get_config_round_trips():
+    decoder = tiny_decoder(gate=False)
+    config = decoder.get_config()
+    assert config["gate"] is False and config["units"] == 8
+    assert GRUDecoder.from_config(config).vocab_size == VOCAB

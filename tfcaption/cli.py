@@ -1,0 +1,128 @@
+"""The `tfcaption` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+SPLITS = ("train", "val", "test")
+
+
+def _pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="a pipeline file, e.g. pipelines/synthetic.py")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set features.batch_size=16")
+
+
+def _config(args):
+    from tfcaption.pipelines import load_pipeline
+    return load_pipeline(args.pipeline, args.overrides)
+
+
+def _prepare_source(config) -> None:
+    """The synthetic world is made on demand: it is deterministic from the config."""
+    if config.data.source == "synthetic":
+        from tfcaption.data import synthetic
+        summary = synthetic.generate(config.data.root, seed=config.data.synthetic_seed,
+                                     counts=tuple(config.data.synthetic_counts),
+                                     image_size=config.data.synthetic_image_size)
+        print(f"synthetic world: {json.dumps(summary)}")
+
+
+def cmd_generate(args) -> int:
+    _prepare_source(_config(args))
+    return 0
+
+
+def _extract_splits(config, splits, shard=(0, 1)) -> list[dict]:
+    from tfcaption.data import features
+    extractor = features.Extractor(config)
+    manifests = []
+    for split in splits:
+        manifest = features.extract(config, split, shard=shard, extractor=extractor)
+        if manifest.get("complete"):
+            print(f"features {features.manifest_summary(manifest)} -> "
+                  f"{features.split_dir(config.features.cache_dir, split)}")
+        else:
+            print(f"features {split}: waiting for other workers, "
+                  f"{len(manifest['missing_shards'])} shards missing")
+        manifests.append(manifest)
+    return manifests
+
+
+def cmd_extract(args) -> int:
+    from tfcaption.data.features import parse_shard_spec
+    config = _config(args)
+    _prepare_source(config)
+    splits = SPLITS if args.split == "all" else (args.split,)
+    _extract_splits(config, splits, shard=parse_shard_spec(args.shard))
+    return 0
+
+
+def _train(config) -> dict:
+    from tfcaption import training
+    summary = training.train(config)
+    print(f"training: {json.dumps(summary)}")
+    return summary
+
+
+def cmd_train(args) -> int:
+    _train(_config(args))
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Every stage in order; a stage whose output is complete is skipped."""
+    config = _config(args)
+    _prepare_source(config)
+    _extract_splits(config, SPLITS)
+    _train(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfcaption", description="Show, Attend and Tell image captioning on TensorFlow.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline end to end (resumes where it stopped)")
+    _pipeline_args(run)
+    run.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate", help="render the synthetic shapes world of a pipeline")
+    _pipeline_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    ext = sub.add_parser("extract", help="cache backbone features of a split as TFRecords")
+    _pipeline_args(ext)
+    ext.add_argument("--split", default="all", choices=SPLITS + ("all",))
+    ext.add_argument("--shard", default="0/1", metavar="I/N",
+                     help="this machine's part: shards k with k %% N == I (default 0/1)")
+    ext.set_defaults(func=cmd_extract)
+
+    tr = sub.add_parser("train", help="train the decoder on a cached split (resumes)")
+    _pipeline_args(tr)
+    tr.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        # Expected failures (bad input, missing cache, NaN loss): one clear line.
+        print(f"tfcaption {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

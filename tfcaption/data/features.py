@@ -1,0 +1,277 @@
+"""Backbone -> sharded TFRecord feature cache, with a manifest that marks it complete.
+
+Layout of one split's cache (`<cache_dir>/<split>/`):
+
+    fingerprint.json             what the cache is made of; written first
+    features-00003-of-00012.json      the shard's ids and skipped files
+    features-00003-of-00012.tfrecord  one record per image (float16 grid)
+    manifest.json                written last, once every shard is complete
+
+Shard k always holds examples [k*S, (k+1)*S) of the source's deterministic
+order, so shards can be made in any order, by several machines (`--shard i/n`
+takes every shard k with k % n == i) and by a run that resumes after a kill.
+A shard is written under a temporary name and renamed when complete, so a
+shard file that exists is complete; `manifest.json` exists only when every
+shard does. Readers refuse a cache without a manifest.
+
+Images are read and decoded inside tf.data (no Python per image on the fast
+path); an image that fails to read or decode is dropped there, found missing
+afterwards, diagnosed once more to name the error, reported by path and listed
+under `skipped` in the shard's sidecar and the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfcaption.config import RunConfig
+from tfcaption.data import text
+from tfcaption.data.example import Example
+from tfcaption.data.sources import load_examples
+from tfcaption.models.backbones import build_backbone
+
+log = logging.getLogger("tfcaption.extract")
+
+MANIFEST = "manifest.json"
+FINGERPRINT = "fingerprint.json"
+VOCABULARY = "vocab.txt"
+
+
+def split_dir(cache_dir: str, split_role: str) -> str:
+    return os.path.join(cache_dir, split_role)
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"features-{index:05d}-of-{count:05d}"
+
+
+def write_json(path: str, obj) -> None:
+    """Atomic: a reader sees the old file or the whole new one, never half."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/GIF/BMP bytes -> (h, w, 3) uint8; grayscale and CMYK become RGB."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _ids_digest(examples: list[Example]) -> str:
+    digest = hashlib.sha1()
+    for ex in examples:
+        digest.update(ex.image_id.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def _serialize(image_id: str, grid: np.ndarray, ex: Example) -> bytes:
+    feature = {
+        "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+        "features": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[grid.astype(np.float16).tobytes()])),
+        "captions": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[c.encode("utf-8") for c in ex.captions])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _diagnose(ex: Example) -> str:
+    """Why an image was dropped by the fast path, in words a user can act on."""
+    try:
+        encoded = tf.io.read_file(ex.image) if isinstance(ex.image, str) else ex.image
+        decode_image(encoded)
+    except (tf.errors.OpError, OSError) as err:
+        message = getattr(err, "message", str(err)).strip().splitlines()[0]
+        return f"{type(err).__name__}: {message}"
+    return "dropped by the input pipeline for an unknown reason"
+
+
+class Extractor:
+    """Runs one backbone over shards of examples; one instance per process."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        fc = config.features
+        self.backbone = build_backbone(fc.backbone, weights=fc.weights,
+                                       input_size=fc.input_size, seed=fc.seed)
+        # One trace for every full batch; the short last batch adds one more.
+        self._forward = tf.function(lambda x: tf.cast(self.backbone(x), tf.float16))
+
+    def _dataset(self, examples: list[Example]) -> tf.data.Dataset:
+        sources = [ex.image if isinstance(ex.image, bytes) else ex.image.encode()
+                   for ex in examples]
+        is_path = [isinstance(ex.image, str) for ex in examples]
+
+        def load(index, source, path):
+            encoded = tf.cond(path, lambda: tf.io.read_file(source), lambda: source)
+            return index, self.backbone.preprocess(decode_image(encoded))
+
+        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(examples)), sources, is_path))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors()
+        return ds.batch(self.config.features.batch_size).prefetch(2)
+
+    def write_shard(self, examples: list[Example], path: str) -> dict:
+        """Extracts `examples` into `path`.tfrecord (+ .json sidecar); returns the sidecar."""
+        done: list[int] = []
+        tmp = f"{path}.tfrecord.tmp"
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for indices, images in self._dataset(examples):
+                grids = self._forward(images).numpy()
+                for i, grid in zip(indices.numpy(), grids):
+                    ex = examples[i]
+                    writer.write(_serialize(ex.image_id, grid, ex))
+                    done.append(int(i))
+        kept = set(done)
+        skipped = []
+        for i, ex in enumerate(examples):
+            if i not in kept:
+                where = ex.image if isinstance(ex.image, str) else f"<bytes of {ex.image_id}>"
+                reason = _diagnose(ex)
+                log.warning("skipped %s: %s", where, reason)
+                skipped.append({"image_id": ex.image_id, "path": where, "error": reason})
+        sidecar = {"count": len(done), "image_ids": [examples[i].image_id for i in done],
+                   "skipped": skipped}
+        # Sidecar first, then the rename that makes the shard count as complete.
+        write_json(f"{path}.json", sidecar)
+        os.replace(tmp, f"{path}.tfrecord")
+        return sidecar
+
+
+def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict:
+    dc, fc = config.data, config.features
+    return {
+        "source": dc.source, "root": os.path.abspath(dc.root), "annotations": dc.annotations,
+        "split": getattr(dc, f"{split_role}_split"), "split_role": split_role,
+        "examples": len(examples), "image_ids_sha1": _ids_digest(examples),
+        "backbone": fc.backbone, "weights": backbone.weights_id,
+        "input_size": backbone.input_size, "grid_shape": list(backbone.grid_shape),
+        "shard_size": fc.shard_size,
+    }
+
+
+def parse_shard_spec(spec: str) -> tuple[int, int]:
+    """"i/n" -> (i, n): this machine takes every shard k with k % n == i."""
+    try:
+        i, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n, e.g. 0/4; got {spec!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {spec}: need 0 <= i < n")
+    return i, n
+
+
+def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
+            extractor: Extractor | None = None) -> dict:
+    """Fills the cache of one split; returns its manifest, or the progress so far
+    when other workers still own missing shards."""
+    examples = load_examples(config.data, split_role)
+    if not examples:
+        raise ValueError(f"the {split_role} split of {config.data.source} has no examples")
+    out = split_dir(config.features.cache_dir, split_role)
+    os.makedirs(out, exist_ok=True)
+    extractor = extractor or Extractor(config)
+    wanted = _fingerprint(config, split_role, examples, extractor.backbone)
+
+    manifest_path = os.path.join(out, MANIFEST)
+    if os.path.exists(manifest_path):
+        manifest = read_json(manifest_path)
+        if manifest["fingerprint"] == wanted:
+            log.info("%s: cache complete, nothing to do (%s)", split_role, manifest_path)
+            return manifest
+    fingerprint_path = os.path.join(out, FINGERPRINT)
+    if os.path.exists(fingerprint_path) and read_json(fingerprint_path) != wanted:
+        have = read_json(fingerprint_path)
+        diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        raise RuntimeError(
+            f"{out} holds a cache of other inputs ({diff}, as (cached, asked)); "
+            "choose another features.cache_dir or delete that folder")
+    write_json(fingerprint_path, wanted)
+
+    size = config.features.shard_size
+    count = math.ceil(len(examples) / size)
+    mine = [k for k in range(count) if k % shard[1] == shard[0]]
+    start, made = time.perf_counter(), 0
+    for k in mine:
+        path = os.path.join(out, shard_name(k, count))
+        if os.path.exists(f"{path}.tfrecord"):
+            continue
+        sidecar = extractor.write_shard(examples[k * size:(k + 1) * size], path)
+        made += sidecar["count"]
+        rate = made / (time.perf_counter() - start)
+        log.info("%s: shard %d/%d written (%d images, %.1f images/s)",
+                 split_role, k + 1, count, sidecar["count"], rate)
+
+    names = [shard_name(k, count) for k in range(count)]
+    missing = [n for n in names if not os.path.exists(os.path.join(out, f"{n}.tfrecord"))]
+    if missing:
+        log.info("%s: %d of %d shards complete; the rest belong to other workers",
+                 split_role, count - len(missing), count)
+        return {"complete": False, "missing_shards": missing}
+    return _write_manifest(config, split_role, out, names, wanted, examples)
+
+
+def _write_manifest(config, split_role, out, names, fingerprint, examples) -> dict:
+    sidecars = [read_json(os.path.join(out, f"{n}.json")) for n in names]
+    skipped = [s for car in sidecars for s in car["skipped"]]
+    dropped = {s["image_id"] for s in skipped}
+    captions = [c for ex in examples if ex.image_id not in dropped for c in ex.captions]
+    vocab_path = os.path.join(config.features.cache_dir, VOCABULARY)
+    if split_role == "train":
+        vocab = text.build_vocabulary(captions, config.data.min_count, config.data.max_vocab)
+        text.save_vocabulary(vocab, vocab_path)
+    manifest = {
+        "complete": True,
+        "fingerprint": fingerprint,
+        **{k: fingerprint[k] for k in ("source", "split", "backbone", "weights",
+                                        "input_size", "grid_shape")},
+        "count": sum(car["count"] for car in sidecars),
+        "captions": len(captions),
+        "skipped": skipped,
+        "shards": [f"{n}.tfrecord" for n in names],
+        "vocabulary": {"file": os.path.join("..", VOCABULARY),
+                       "min_count": config.data.min_count, "max_vocab": config.data.max_vocab,
+                       "size": len(text.load_vocabulary(vocab_path))
+                       if os.path.exists(vocab_path) else None},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(os.path.join(out, MANIFEST), manifest)
+    log.info("%s: cache complete: %d images, %d skipped -> %s", split_role,
+             manifest["count"], len(skipped), out)
+    return manifest
+
+
+def load_manifest(cache_dir: str, split_role: str) -> dict:
+    """The manifest of a complete cache; a partial cache is refused, never read."""
+    path = os.path.join(split_dir(cache_dir, split_role), MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no complete feature cache at {os.path.dirname(path)} ({MANIFEST} missing); "
+            f"run `tfcaption extract` for the {split_role} split first")
+    manifest = read_json(path)
+    manifest["dir"] = os.path.dirname(path)
+    return manifest
+
+
+def manifest_summary(manifest: dict) -> str:
+    h, w, c = manifest["grid_shape"]
+    return (f"{manifest['split']}: {manifest['count']} images, {manifest['captions']} captions, "
+            f"{len(manifest['skipped'])} skipped, {manifest['backbone']} {h}x{w}x{c}")
+
+

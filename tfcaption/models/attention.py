@@ -1,0 +1,39 @@
+"""Additive (Bahdanau) soft attention over the locations of a feature grid."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class BahdanauAttention(keras.layers.Layer):
+    """score(l) = v . tanh(W1 values_l + W2 h);  alpha = softmax_l(score).
+
+    The keys `W1 values` do not depend on the time step, so `keys()` is called
+    once per image and `call()` once per step; the per-step cost is then one
+    (batch, units) matmul plus the tanh, instead of a (batch * locations) matmul.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.w1 = keras.layers.Dense(units, use_bias=True, name="w1")
+        self.w2 = keras.layers.Dense(units, use_bias=False, name="w2")
+        self.v = keras.layers.Dense(1, use_bias=False, name="v")
+
+    def keys(self, values):
+        """values: (batch, locations, channels) -> keys: (batch, locations, units)."""
+        return self.w1(values)
+
+    def call(self, values, keys, state):
+        """values: (batch, locations, channels); keys: (batch, locations, units);
+        state: (batch, state_units) -> context (batch, channels), alpha (batch, locations)."""
+        hidden = tf.tanh(keys + tf.expand_dims(self.w2(state), 1))
+        scores = tf.squeeze(self.v(hidden), -1)
+        # Softmax in float32: float16 sums over ~100-200 locations lose precision.
+        alpha = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
+        context = tf.einsum("bl,blc->bc", tf.cast(alpha, values.dtype), values)
+        return context, alpha
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

@@ -1,0 +1,118 @@
+"""The GRU decoder with soft attention: one `step` that every user of the model calls.
+
+Training (teacher forcing), greedy and beam decoding, the SavedModel and the
+attention plots all go through `encode` + `step` (or `advance` + `project`, the
+two halves of `step`), so there is one copy of the math.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfcaption.config import ModelConfig
+from tfcaption.models.attention import BahdanauAttention
+
+
+class GRUDecoder(keras.Model):
+    """Feature projection + Bahdanau attention + GRU cell + deep output layer.
+
+    Shapes: features (batch, locations, channels) from the cache; tokens int32;
+    state (batch, units); alpha (batch, locations), float32.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, units: int = 512,
+                 attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
+                 gate: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.attention_units = attention_units
+        self.feature_dim = feature_dim
+        self.dropout_rate = dropout
+        self.gate = gate
+        # Raw backbone scales differ by orders of magnitude (random weights give
+        # ~1e-3, ImageNet VGG ~1e2): normalise each location's channels first.
+        self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
+        self.feature_proj = keras.layers.Dense(feature_dim, activation="relu", name="feature_proj")
+        self.attention = BahdanauAttention(attention_units, name="attention")
+        self.init_state = keras.layers.Dense(units, activation="tanh", name="init_state")
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.cell = keras.layers.GRUCell(units, name="gru")
+        self.gate_layer = keras.layers.Dense(1, activation="sigmoid", name="gate") if gate else None
+        # Deep output (Show, Attend and Tell eq. 7): L_o(E y + L_h h + L_z z).
+        self.out_h = keras.layers.Dense(embedding_dim, name="out_h")
+        self.out_z = keras.layers.Dense(embedding_dim, use_bias=False, name="out_z")
+        self.drop = keras.layers.Dropout(dropout)
+        self.logits_layer = keras.layers.Dense(vocab_size, name="logits", dtype="float32")
+
+    @classmethod
+    def from_config_dataclass(cls, cfg: ModelConfig, vocab_size: int, **kwargs) -> "GRUDecoder":
+        return cls(vocab_size=vocab_size, embedding_dim=cfg.embedding_dim, units=cfg.units,
+                   attention_units=cfg.attention_units, feature_dim=cfg.feature_dim,
+                   dropout=cfg.dropout, gate=cfg.gate, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size,
+                "embedding_dim": self.embedding_dim, "units": self.units,
+                "attention_units": self.attention_units, "feature_dim": self.feature_dim,
+                "dropout": self.dropout_rate, "gate": self.gate}
+
+    def encode(self, features, training=False):
+        """features (batch, locations, channels) -> values (batch, locations, feature_dim),
+        keys (batch, locations, attention_units), initial state (batch, units)."""
+        values = self.feature_proj(self.feature_norm(features))
+        values = self.drop(values, training=training)
+        keys = self.attention.keys(values)
+        state = self.init_state(tf.reduce_mean(values, axis=1))
+        return values, keys, state
+
+    def advance(self, token, state, values, keys, training=False):
+        """One step up to, not including, the vocabulary projection.
+
+        token (batch,) int32 -> output (batch, embedding_dim), state, alpha (batch, locations).
+        """
+        context, alpha = self.attention(values, keys, state)
+        if self.gate_layer is not None:
+            context = context * self.gate_layer(state)
+        embedded = self.embedding(token)
+        h, _ = self.cell(tf.concat([embedded, context], axis=-1), [state], training=training)
+        h = h[0] if isinstance(h, (list, tuple)) else h
+        output = embedded + self.out_h(h) + self.out_z(context)
+        return self.drop(output, training=training), h, alpha
+
+    def project(self, output):
+        """(..., embedding_dim) -> float32 logits (..., vocab_size)."""
+        return self.logits_layer(output)
+
+    def step(self, token, state, values, keys, training=False):
+        """The one step: token (batch,), state (batch, units) -> logits (batch, vocab)
+        float32, new state, alpha (batch, locations) float32."""
+        output, state, alpha = self.advance(token, state, values, keys, training=training)
+        return self.project(output), state, alpha
+
+    def teacher_forced(self, features, tokens, training=False):
+        """features (batch, locations, channels), tokens (batch, T) ->
+        logits (batch, T-1, vocab) float32, alphas (batch, T-1, locations) float32.
+
+        The loop over time is a tf.scan (one graph node whatever T is); the
+        vocabulary projection, the largest matmul, runs once over all steps.
+        """
+        values, keys, state = self.encode(features, training=training)
+        inputs = tf.transpose(tokens[:, :-1])  # time-major
+
+        def one(carry, token):
+            _, state, _ = carry
+            return self.advance(token, state, values, keys, training=training)
+
+        batch = tf.shape(tokens)[0]
+        first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
+                 tf.zeros([batch, tf.shape(values)[1]], tf.float32))
+        outputs, _, alphas = tf.scan(one, inputs, initializer=first)
+        logits = self.project(tf.transpose(outputs, [1, 0, 2]))
+        return logits, tf.transpose(alphas, [1, 0, 2])
+
+    def call(self, inputs, training=False):
+        features, tokens = inputs
+        return self.teacher_forced(features, tokens, training=training)
