@@ -1,0 +1,259 @@
+"""InceptionV3 / VGG16 / SqueezeNet: image preprocessing and the feature grid.
+
+A backbone maps a batch of preprocessed images (batch, size, size, 3) to a grid
+of feature vectors (batch, h, w, channels); the decoder attends over its h*w
+locations. `build_backbone` returns a `Backbone` holding the Keras model, the
+preprocessing that belongs to it, and a `weights_id` for cache fingerprints.
+
+Preprocessing squashes every image to size x size (bilinear, antialiased, aspect
+ratio NOT preserved), so the grid always covers the whole image: grid cell (i, j)
+is the region [i/h, (i+1)/h) x [j/w, (j+1)/w) of the original image in relative
+coordinates, whatever its shape. Attention heatmaps are drawn by stretching the
+h x w map over the original image and rely on exactly this.
+
+`weights`:
+  "random"    seeded He-uniform conv kernels (same seed, same features); He rather
+              than Keras' Glorot default keeps the activation scale roughly
+              constant through the ReLU stacks, so random grids are not ~0.
+  "imagenet"  InceptionV3 / VGG16: Keras' own loading (reads ~/.keras/models/
+              first, else downloads). SqueezeNet (not in keras.applications):
+              $TFCAPTION_SQUEEZENET_WEIGHTS, then ~/.keras/models/<standard name>.
+  a path      an .h5 weights file (Keras' layout for InceptionV3 / VGG16; the old
+              Keras per-layer-group layout for SqueezeNet, loaded by layer name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+SQUEEZENET_ENV = "TFCAPTION_SQUEEZENET_WEIGHTS"
+# SqueezeNet v1.1 fire2..fire9: (squeeze filters, expand filters per branch).
+FIRE_MODULES = ((16, 64), (16, 64), (32, 128), (32, 128),
+                (48, 192), (48, 192), (64, 256), (64, 256))
+
+
+def _inception_v3(size: int, weights) -> keras.Model:
+    return keras.applications.InceptionV3(include_top=False, weights=weights,
+                                          input_shape=(size, size, 3))
+
+
+def _vgg16(size: int, weights) -> keras.Model:
+    # Show, Attend and Tell attends over conv5_3 (14x14 at 224 px), before the last pool.
+    base = keras.applications.VGG16(include_top=False, weights=weights,
+                                    input_shape=(size, size, 3))
+    return keras.Model(base.input, base.get_layer("block5_conv3").output, name="vgg16_conv5_3")
+
+
+def _squeezenet(size: int, weights) -> keras.Model:
+    """SqueezeNet v1.1 without classifier; `weights` is None or an .h5 path.
+
+    Layer names are the .h5 file's with "/" -> "_" (Keras 3 forbids "/"):
+    conv1, pool1, fire2_squeeze1x1, fire2_expand1x1, fire2_expand3x3, ...
+    """
+    inputs = keras.Input((size, size, 3), name="image")
+    x = layers.Conv2D(64, 3, strides=2, activation="relu", name="conv1")(inputs)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    for index, (squeeze, expand) in enumerate(FIRE_MODULES, start=2):
+        fire = f"fire{index}"
+        s = layers.Conv2D(squeeze, 1, activation="relu", name=f"{fire}_squeeze1x1")(x)
+        e1 = layers.Conv2D(expand, 1, activation="relu", name=f"{fire}_expand1x1")(s)
+        e3 = layers.Conv2D(expand, 3, padding="same", activation="relu",
+                           name=f"{fire}_expand3x3")(s)
+        x = layers.Concatenate(name=f"{fire}_concat")([e1, e3])
+        if index in (3, 5):
+            x = layers.MaxPooling2D(3, strides=2, name=f"pool{index}")(x)
+    model = keras.Model(inputs, x, name="squeezenet_v1_1")
+    if weights is not None:
+        load_h5_by_layer_name(model, weights)
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """name; native input_size; grid (h, w, channels) at that size; preprocessing
+    ("inception": [0, 255] -> [-1, 1]; "caffe": RGB -> BGR minus ImageNet means);
+    min_size: smallest input giving a >= 1x1 grid; keras_file: the weights file's
+    standard name in ~/.keras/models; architecture(size, weights) -> keras.Model."""
+
+    name: str
+    input_size: int
+    grid: tuple[int, int, int]
+    preprocessing: str
+    min_size: int
+    keras_file: str
+    architecture: Callable[[int, object], keras.Model]
+
+
+BACKBONES = {
+    "inception_v3": BackboneSpec(
+        "inception_v3", 299, (8, 8, 2048), "inception", 75,
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", _inception_v3),
+    "vgg16": BackboneSpec(
+        "vgg16", 224, (14, 14, 512), "caffe", 32,
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _vgg16),
+    "squeezenet": BackboneSpec(
+        "squeezenet", 224, (13, 13, 512), "caffe", 32,
+        "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5", _squeezenet),
+}
+
+
+def preprocess(images, spec: BackboneSpec, input_size: int) -> tf.Tensor:
+    """RGB values in [0, 255] (uint8 or float), (h, w, 3|1) or (batch, h, w, 3|1),
+    any h, w -> float32 (…, input_size, input_size, 3) in the backbone's input range.
+
+    Pure TensorFlow (fine in tf.data.map and in a SavedModel). The resize squashes
+    rather than crops: see the module docstring for why heatmaps depend on it.
+    """
+    x = tf.cast(images, tf.float32)
+    if x.shape[-1] == 1:
+        x = tf.image.grayscale_to_rgb(x)
+    x = tf.image.resize(x, (input_size, input_size), method="bilinear", antialias=True)
+    if spec.preprocessing == "inception":
+        return x / 127.5 - 1.0
+    return tf.reverse(x, axis=[-1]) - tf.constant(CAFFE_BGR_MEANS, tf.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A built backbone. `model` maps preprocessed (batch, s, s, 3) float32 images
+    to (batch, h, w, c) features; an exporter must track `model` for its variables."""
+
+    spec: BackboneSpec
+    input_size: int
+    grid_shape: tuple[int, int, int]
+    model: keras.Model
+    weights_id: str
+
+    def preprocess(self, images) -> tf.Tensor:
+        return preprocess(images, self.spec, self.input_size)
+
+    def __call__(self, preprocessed: tf.Tensor) -> tf.Tensor:
+        """(batch, s, s, 3) preprocessed -> (batch, h, w, c) float32 features."""
+        return tf.cast(self.model(preprocessed, training=False), tf.float32)
+
+
+def build_backbone(name: str, weights: str = "random", input_size: int = 0,
+                   seed: int = 0) -> Backbone:
+    """weights: "random" (seeded), "imagenet" or a path to an .h5 file;
+    input_size: 0 = the backbone's native size."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    size = input_size or spec.input_size
+    if size < spec.min_size:
+        raise ValueError(f"{name} needs input_size >= {spec.min_size}, got {size}")
+    if weights == "random":
+        model = spec.architecture(size, None)
+        _randomize(model, seed)
+        weights_id = f"random:{seed}"
+    elif weights == "imagenet" and name == "squeezenet":
+        path = _find_squeezenet_weights(spec)
+        model = spec.architecture(size, path)
+        weights_id = f"imagenet:{file_md5(path)}"
+    elif weights == "imagenet":
+        try:
+            model = spec.architecture(size, "imagenet")
+        except Exception as err:  # Keras raises a bare Exception when a download fails
+            raise RuntimeError(
+                f"could not load Keras' ImageNet weights for {name}: put {spec.keras_file} "
+                f"in {_keras_models_dir()} or pass its path as weights") from err
+        cached = os.path.join(_keras_models_dir(), spec.keras_file)
+        weights_id = f"imagenet:{file_md5(cached)}" if os.path.exists(cached) else "imagenet"
+    else:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"weights must be 'random', 'imagenet' or an .h5 file; no file {weights!r}")
+        model = spec.architecture(size, weights)
+        weights_id = file_md5(weights)
+    grid_shape = tuple(int(d) for d in model.output.shape[1:])
+    return Backbone(spec, size, grid_shape, model, weights_id)
+
+
+def load_h5_by_layer_name(model: keras.Model, path: str) -> None:
+    """Sets every Conv2D of `model` from the old-Keras .h5 group of the same name
+    ("_" -> "/" once: fire2_squeeze1x1 -> fire2/squeeze1x1). Inside a group the
+    4-D array is the kernel and the 1-D array the bias, whatever their names.
+    Raises ValueError naming the layer if any conv layer is missing or mismatched."""
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        for layer in model.layers:
+            if not isinstance(layer, layers.Conv2D):
+                continue
+            group_name = layer.name.replace("_", "/", 1)
+            group = root.get(group_name)
+            if not isinstance(group, h5py.Group):
+                raise ValueError(f"{path}: no weights for layer {group_name!r}")
+            arrays = []
+            group.visititems(
+                lambda _, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+            kernels = [a for a in arrays if a.ndim == 4]
+            biases = [a for a in arrays if a.ndim == 1]
+            if len(kernels) != 1 or len(biases) != 1:
+                raise ValueError(f"{path}: layer {group_name!r} should hold one 4-D kernel "
+                                 f"and one 1-D bias, found shapes {[a.shape for a in arrays]}")
+            wanted = [tuple(w.shape) for w in layer.weights]
+            found = [kernels[0].shape, biases[0].shape]
+            if wanted != found:
+                raise ValueError(f"{path}: layer {group_name!r} has shapes {found}, "
+                                 f"the model needs {wanted}")
+            layer.set_weights([kernels[0], biases[0]])
+
+
+def _randomize(model: keras.Model, seed: int) -> None:
+    """He-uniform conv kernels from one numpy generator: deterministic per seed and
+    independent of Keras' global random state. Biases and batch-norm stay at their
+    constant initial values."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            shape = tuple(layer.kernel.shape)
+            limit = np.sqrt(6.0 / np.prod(shape[:-1]))
+            layer.kernel.assign(rng.uniform(-limit, limit, shape).astype(np.float32))
+
+
+def _keras_models_dir() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models")
+
+
+def _find_squeezenet_weights(spec: BackboneSpec) -> str:
+    candidates = []
+    if os.environ.get(SQUEEZENET_ENV):
+        candidates.append(os.environ[SQUEEZENET_ENV])
+    candidates.append(os.path.join(_keras_models_dir(), spec.keras_file))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"SqueezeNet ImageNet weights not found; looked in {candidates} "
+        f"(set ${SQUEEZENET_ENV} or pass the .h5 path as weights)")
+
+
+def file_md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def features_per_image_flops(name: str, input_size: int = 0) -> int:
+    """Convolution FLOPs (2 x multiply-adds) of one image; pools, batch-norm and
+    activations are left out (a few percent). Builds the architecture to count."""
+    spec = BACKBONES[name]
+    model = spec.architecture(input_size or spec.input_size, None)
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            flops += 2 * h * w * int(np.prod(layer.kernel.shape))
+    return int(flops)
