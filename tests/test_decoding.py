@@ -51,3 +51,64 @@ def test_greedy_compiles_with_xla_and_exits_early():
     bias.assign(tf.tensor_scatter_nd_update(tf.zeros_like(bias), [[END_ID]], [100.0]))
     tokens, lengths, _, _ = decoding.greedy(decoder, features, 12)
     assert lengths.numpy().tolist() == [1, 1, 1] and tokens.shape == (3, 12)
+
+
+# A hand-made next-word table: vocabulary <pad> <start> <end> <unk> A B C.
+A, B, C = 4, 5, 6
+TABLE = np.full((7, 7), 1e-9)
+TABLE[START_ID, [A, B]] = [0.6, 0.4]
+TABLE[A, [C, END_ID, B]] = [0.34, 0.33, 0.33]
+TABLE[B, [END_ID, C]] = [0.9, 0.1]
+TABLE[C, END_ID] = 1.0
+TABLE[END_ID, END_ID] = 1.0
+TABLE[PAD_ID, PAD_ID] = 1.0
+
+
+def table_step(token, state):
+    """State is the previous token; attention is a dummy single location."""
+    logits = tf.math.log(tf.gather(tf.constant(TABLE, tf.float32), token))
+    return logits, token, tf.ones([tf.shape(token)[0], 1])
+
+
+def test_beam_finds_the_best_sequence_that_greedy_misses():
+    start = tf.fill([2], START_ID)
+    g_tokens, g_lengths, g_scores, _ = decoding.greedy_search(table_step, start, 2, 5, 7, 1)
+    assert g_tokens.numpy()[0].tolist() == [A, C, END_ID, 0, 0]
+    np.testing.assert_allclose(g_scores.numpy(), np.log(0.6 * 0.34), rtol=1e-5)
+    beam_start = tf.fill([2 * 3], START_ID)
+    tokens, lengths, scores, attention = decoding.beam_search(
+        table_step, beam_start, 2, 3, 5, 7, 1)
+    assert tokens.numpy().tolist() == [[B, END_ID, 0, 0, 0]] * 2
+    assert lengths.numpy().tolist() == [2, 2]
+    np.testing.assert_allclose(scores.numpy(), np.log(0.4 * 0.9), rtol=1e-5)
+    assert attention.numpy()[:, :2].sum() == 4 and not attention.numpy()[:, 2:].any()
+
+
+def test_beam_of_one_is_greedy():
+    decoder = tiny_decoder()
+    features, _ = batch(size=4)
+    step, state = decoding.decoder_step(decoder, features)
+    found = decoding.beam_search(step, state, 4, 1, 10, decoder.vocab_size, 9)
+    expected = decoding.greedy(decoder, features, 10)
+    for a, b in zip(found, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_beam_never_scores_below_greedy_and_compiles_with_xla():
+    for seed in range(3):
+        decoder = tiny_decoder()
+        features, _ = batch(seed=seed, size=4)
+        g = decoding.greedy(decoder, features, 10)
+        b = decoding.beam(decoder, features, 3, 10)
+        assert (b[2].numpy() >= g[2].numpy() - 1e-5).all()
+        for row, n in zip(b[0].numpy(), b[1].numpy()):
+            assert (row[n:] == PAD_ID).all() and not set(row[:n]) & {START_ID, UNK_ID}
+    xla = tf.function(lambda f: decoding.beam(decoder, f, 3, 10), jit_compile=True)(features)
+    np.testing.assert_array_equal(xla[0].numpy(), b[0].numpy())
+    assert xla[3].shape == (4, 10, 9)
+
+
+def test_length_penalty_prefers_longer_captions():
+    short = decoding.length_normalised(tf.constant([-2.0]), tf.constant([2]), 1.0)
+    long = decoding.length_normalised(tf.constant([-2.2]), tf.constant([8]), 1.0)
+    assert float(long[0]) > float(short[0])
