@@ -75,6 +75,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from tfcaption import export
+    path = export.export(_config(args), out_root=args.out, version=args.version,
+                         beam_size=args.beam, max_len=args.max_len,
+                         length_penalty=args.length_penalty, checkpoint=args.checkpoint)
+    print(f"SavedModel: {path}")
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from tfcaption import serving
+    results = serving.caption_files(args.images, args.model, beam=args.beam,
+                                    attention_dir=args.attention_dir)
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['image']}\t{r['caption']}" if "caption" in r
+                  else f"{r['image']}\tERROR: {r['error']}")
+    return 1 if any("error" in r for r in results) else 0
+
+
 def cmd_run(args) -> int:
     """Every stage in order; a stage whose output is complete is skipped."""
     config = _config(args)
@@ -108,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train the decoder on a cached split (resumes)")
     _pipeline_args(tr)
     tr.set_defaults(func=cmd_train)
+
+    exp = sub.add_parser("export", help="write the trained captioner as a SavedModel")
+    _pipeline_args(exp)
+    exp.add_argument("--out", default="saved_models", help="root of saved_models/NAME/VERSION")
+    exp.add_argument("--version", type=int, default=None, help="default: the next integer")
+    exp.add_argument("--beam", type=int, default=3, help="beam size fixed in the graph (1 = greedy)")
+    exp.add_argument("--max-len", type=int, default=None, help="default: max caption words + 2")
+    exp.add_argument("--length-penalty", type=float, default=0.0)
+    exp.add_argument("--checkpoint", default=None, help="default: the best, else the latest")
+    exp.set_defaults(func=cmd_export)
+
+    cap = sub.add_parser("caption", help="caption image files with an exported SavedModel")
+    cap.add_argument("images", nargs="+")
+    cap.add_argument("--model", required=True, help="saved_models/NAME/VERSION")
+    cap.add_argument("--beam", type=int, default=None,
+                     help="1 = greedy through the features signature; default: as exported")
+    cap.add_argument("--json", action="store_true", help="one JSON object per line")
+    cap.add_argument("--attention-dir", default=None, help="also write a heatmap figure per image")
+    cap.set_defaults(func=cmd_caption)
     return parser
 
 

@@ -1,0 +1,158 @@
+"""The SavedModel: JPEG/PNG bytes in; captions, scores and attention maps out.
+
+A `tf.Module` with explicit input signatures (not the Keras objects themselves,
+whose restored copies are not callable) holding the backbone, the decoder and
+the vocabulary asset. The whole path -- decoding the image bytes, the backbone,
+the search loop, the id -> word lookup -- is core TensorFlow, so a stock
+TF Serving binary runs it with no Python and no tensorflow-text kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import tensorflow as tf
+
+from tfcaption import decoding
+from tfcaption.config import RunConfig
+from tfcaption.data import text
+from tfcaption.data.features import load_manifest
+from tfcaption.data.pipeline import max_tokens, vocabulary_path
+from tfcaption.models.backbones import build_backbone
+
+_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG"
+
+
+def decode_image_bytes(encoded: tf.Tensor) -> tf.Tensor:
+    """One JPEG or PNG -> (h, w, 3) uint8. Anything else fails the request with an
+    InvalidArgument error that says decoding failed, instead of reaching the backbone."""
+    with tf.name_scope("image_decoding"):
+        head = tf.strings.substr(encoded, 0, 4)
+        is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), _JPEG)
+        is_png = tf.equal(head, _PNG)
+        check = tf.debugging.Assert(
+            is_jpeg | is_png, ["image decoding failed: input is neither JPEG nor PNG; first bytes:",
+                               head])
+        with tf.control_dependencies([check]):
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+
+class CaptionModule(tf.Module):
+    """What the SavedModel holds; its two tf.functions are the signatures."""
+
+    def __init__(self, backbone, decoder, tokenizer: text.Tokenizer, beam_size: int,
+                 max_len: int, length_penalty: float):
+        super().__init__(name="tfcaption")
+        self.backbone_model = backbone.model
+        self._backbone = backbone
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
+        self.grid_shape = tuple(backbone.grid_shape)
+        h, w, c = self.grid_shape
+        size = backbone.input_size
+        self.caption_images = tf.function(
+            self._caption_images,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        self.greedy_images = tf.function(
+            lambda image_bytes: self._caption_images(image_bytes, beam_size=1),
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        self.caption_features = tf.function(
+            self._caption_features,
+            input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="features")])
+        self._size = size
+
+    def _caption_images(self, image_bytes, beam_size=None):
+        images = tf.map_fn(lambda b: self._backbone.preprocess(decode_image_bytes(b)),
+                           image_bytes, parallel_iterations=8,
+                           fn_output_signature=tf.TensorSpec([self._size, self._size, 3],
+                                                             tf.float32))
+        return self._caption_features(self._backbone(images), beam_size)
+
+    def _caption_features(self, features, beam_size=None):
+        h, w, c = self.grid_shape
+        flat = tf.reshape(features, [-1, h * w, c])
+        beam_size = beam_size or self.beam_size
+        if beam_size > 1:
+            tokens, lengths, scores, attention = decoding.beam(
+                self.decoder, flat, beam_size, self.max_len, self.length_penalty)
+        else:
+            tokens, lengths, scores, attention = decoding.greedy(self.decoder, flat, self.max_len)
+        return {
+            "caption": self.tokenizer.detokenize(tokens),
+            "tokens": tokens,
+            "lengths": lengths,
+            "scores": scores,
+            "attention": tf.reshape(attention, [-1, self.max_len, h, w]),
+        }
+
+
+def restore_decoder(config: RunConfig, checkpoint: str | None = None):
+    """The trained decoder (float32) from the best checkpoint (else the latest),
+    with its tokenizer and the cache manifest."""
+    from tfcaption.training import build_decoder
+
+    manifest = load_manifest(config.features.cache_dir, "train")
+    tokenizer = text.Tokenizer(vocabulary_path(manifest), config.data.max_caption_words)
+    train_dir = config.train.train_dir
+    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(train_dir, "best")) \
+        or tf.train.latest_checkpoint(os.path.join(train_dir, "latest"))
+    if not checkpoint:
+        raise FileNotFoundError(f"no checkpoint under {train_dir}; run `tfcaption train` first")
+    float32 = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, mixed_precision=""))
+    decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])
+    tf.train.Checkpoint(decoder=decoder).restore(checkpoint).expect_partial()
+    return decoder, tokenizer, manifest, checkpoint
+
+
+def next_version(model_dir: str) -> int:
+    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()] \
+        if os.path.isdir(model_dir) else []
+    return max(versions, default=0) + 1
+
+
+def export(config: RunConfig, out_root: str = "saved_models", version: int | None = None,
+           beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
+           checkpoint: str | None = None, name: str | None = None) -> str:
+    """Writes saved_models/<name>/<version>/ and returns its path. The version
+    folder appears whole or not at all (written aside, then renamed)."""
+    decoder, tokenizer, manifest, checkpoint = restore_decoder(config, checkpoint)
+    fc = config.features
+    backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
+                              seed=fc.seed)
+    if backbone.weights_id != manifest["weights"]:
+        raise RuntimeError(f"the backbone now loads weights {backbone.weights_id}, but the "
+                           f"features were cached with {manifest['weights']}")
+    max_len = max_len or max_tokens(config.data.max_caption_words)
+    module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty)
+    model_dir = os.path.join(out_root, name or config.name)
+    version = version or next_version(model_dir)
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists; pick another --version")
+    tmp = os.path.join(model_dir, f".tmp-{version}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    signatures = {
+        "serving_default": module.caption_images.get_concrete_function(),
+        "caption_features": module.caption_features.get_concrete_function(),
+        "greedy": module.greedy_images.get_concrete_function(),
+    }
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    h, w, c = backbone.grid_shape
+    info = {"name": name or config.name, "version": version, "checkpoint": checkpoint,
+            "backbone": fc.backbone, "weights": backbone.weights_id,
+            "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
+            "max_len": max_len, "length_penalty": length_penalty,
+            "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "
+            "grid covers the whole image"}
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, "assets.extra", "tfcaption.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, final)
+    return final

@@ -1,0 +1,95 @@
+"""Using an exported SavedModel from Python: what `tfcaption caption` runs.
+
+Only the SavedModel is needed (no checkpoint, no config, no model code): the
+same path a TF Serving client takes, minus the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+log = logging.getLogger("tfcaption.caption")
+
+
+def model_info(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, "assets.extra", "tfcaption.json")) as f:
+        return json.load(f)
+
+
+def signature_for(model, model_dir: str, beam: int | None):
+    """The exported graph fixes the beam size; greedy is always there as well."""
+    exported = model_info(model_dir)["beam_size"]
+    if beam is None or beam == exported:
+        return model.signatures["serving_default"]
+    if beam == 1:
+        return model.signatures["greedy"]
+    raise ValueError(f"{model_dir} was exported with beam size {exported}; it offers "
+                     f"--beam {exported} or --beam 1. Re-export with --beam {beam}")
+
+
+def _run(signature, blobs: list[bytes]) -> dict:
+    out = signature(image_bytes=tf.constant(blobs, tf.string))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def caption_bytes(signature, blobs: list[bytes], names: list[str], batch_size: int = 32):
+    """Captions in batches; a batch that fails (a bad image fails its whole request,
+    as in TF Serving) is retried image by image so that only the bad ones are lost,
+    and each is reported by name."""
+    results = []
+    for start in range(0, len(blobs), batch_size):
+        part, part_names = blobs[start:start + batch_size], names[start:start + batch_size]
+        try:
+            outs = [(_run(signature, part), part_names)]
+        except tf.errors.InvalidArgumentError:
+            outs = []
+            for blob, name in zip(part, part_names):
+                try:
+                    outs.append((_run(signature, [blob]), [name]))
+                except tf.errors.InvalidArgumentError as err:
+                    reason = err.message.strip().splitlines()[0][:300]
+                    log.error("skipped %s: %s", name, reason)
+                    results.append({"image": name, "error": reason})
+        for out, out_names in outs:
+            for i, name in enumerate(out_names):
+                n = int(out["lengths"][i])
+                results.append({"image": name, "caption": out["caption"][i].decode("utf-8"),
+                                "score": float(out["scores"][i]),
+                                "tokens": out["tokens"][i][:n].tolist(),
+                                "attention": out["attention"][i][:n]})
+    order = {name: i for i, name in enumerate(names)}
+    return sorted(results, key=lambda r: order[r["image"]])
+
+
+def caption_files(paths: list[str], model_dir: str, beam: int | None = None,
+                  attention_dir: str | None = None) -> list[dict]:
+    """-> one dict per image: image, caption, score, tokens (or image, error)."""
+    model = tf.saved_model.load(model_dir)
+    signature = signature_for(model, model_dir, beam)
+    blobs, names, results = [], [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+            names.append(path)
+        except OSError as err:
+            log.error("skipped %s: %s", path, err)
+            results.append({"image": path, "error": str(err)})
+    results += caption_bytes(signature, blobs, names)
+    if attention_dir:
+        from tfcaption import attention_plots
+        os.makedirs(attention_dir, exist_ok=True)
+        for r in results:
+            if "caption" in r:
+                stem = os.path.join(attention_dir,
+                                    os.path.splitext(os.path.basename(r["image"]))[0])
+                r["figures"] = attention_plots.save_figure(stem, r["image"], r["caption"],
+                                                           r["attention"])
+    for r in results:
+        r.pop("attention", None)
+    order = {p: i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["image"]])
