@@ -83,9 +83,9 @@ def training_dataset(cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineCon
     def rows(grid, tokens):
         # Each caption row keeps its own length: padding is re-made per batch.
         lengths = tf.reduce_sum(tf.cast(tokens != text.PAD_ID, tf.int32), axis=1)
-        captions = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
-        return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(grid).repeat(),
-                                    tf.data.Dataset.from_tensor_slices(captions)))
+        captions = tf.data.Dataset.from_tensor_slices((tokens, lengths)).map(
+            lambda row, n: row[:n])
+        return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(grid).repeat(), captions))
 
     ds = ds.flat_map(rows)
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
