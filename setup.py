@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "pillow==13.0.0",
     "h5py==3.14.0",
+    "tensorboard==2.21.0",
     "pycocoevalcap==1.2",
 ]
 
