@@ -145,7 +145,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_worker_multiworker_mirrored_on_localhost(cached):
     pipeline_file = write_pipeline(cached, "multiworker", epochs=1, strategy="multiworker")
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
