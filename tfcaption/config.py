@@ -117,6 +117,27 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class EvalConfig:
+    """Scoring, export and the report: what `evaluate`, `export` and `report` do.
+
+    split: the split role scored and shown ("val" or "test"); Flickr8k here has
+        no test split, so its pipelines score "val" (the official dev split).
+    beam_size: 1 = greedy; the same beam is fixed into the exported SavedModel.
+    max_len: 0 = data.max_caption_words + 2 (the words, <start>, <end>).
+    """
+
+    split: str = "test"
+    beam_size: int = 3
+    length_penalty: float = 0.0
+    max_len: int = 0
+    batch_size: int = 64
+    out_dir: str = "runs/synthetic/eval"  # results.json, metrics.json
+    export_dir: str = "saved_models"  # saved_models/<name>/<version>/
+    report_dir: str = "runs/synthetic/report"  # index.html (+ figures)
+    report_images: int = 12
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "synthetic"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -124,6 +145,7 @@ class RunConfig:
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def _parse(value: str, kind: typing.Any):
