@@ -25,6 +25,8 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/extraction.py
+	$(VENV)/bin/python bench/training.py
+	$(VENV)/bin/python bench/serving.py
 
 clean:
 	rm -rf runs data

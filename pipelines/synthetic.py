@@ -10,8 +10,8 @@ which is all this world asks for. 160 px input gives a 9x9 attention grid at
 half the cost of 224 px.
 """
 
-from tfcaption.config import (DataConfig, FeatureConfig, ModelConfig, PipelineConfig, RunConfig,
-                              TrainConfig)
+from tfcaption.config import (DataConfig, EvalConfig, FeatureConfig, ModelConfig, PipelineConfig,
+                              RunConfig, TrainConfig)
 
 CONFIG = RunConfig(
     name="synthetic",
@@ -27,4 +27,6 @@ CONFIG = RunConfig(
     train=TrainConfig(train_dir="runs/synthetic/train", epochs=8, max_minutes=5,
                       learning_rate=2e-3, warmup_steps=100, attention_lambda=0.1,
                       val_images=300, patience=3, checkpoint_every=200),
+    eval=EvalConfig(split="test", beam_size=3, out_dir="runs/synthetic/eval",
+                    report_dir="runs/synthetic/report", report_images=12),
 )

@@ -24,12 +24,9 @@ def _config(args):
 
 
 def _prepare_source(config) -> None:
-    """The synthetic world is made on demand: it is deterministic from the config."""
-    if config.data.source == "synthetic":
-        from tfcaption.data import synthetic
-        summary = synthetic.generate(config.data.root, seed=config.data.synthetic_seed,
-                                     counts=tuple(config.data.synthetic_counts),
-                                     image_size=config.data.synthetic_image_size)
+    from tfcaption.runner import prepare_source
+    summary = prepare_source(config)
+    if summary:
         print(f"synthetic world: {json.dumps(summary)}")
 
 
@@ -38,28 +35,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _extract_splits(config, splits, shard=(0, 1)) -> list[dict]:
-    from tfcaption.data import features
-    extractor = features.Extractor(config)
-    manifests = []
-    for split in splits:
-        manifest = features.extract(config, split, shard=shard, extractor=extractor)
-        if manifest.get("complete"):
-            print(f"features {features.manifest_summary(manifest)} -> "
-                  f"{features.split_dir(config.features.cache_dir, split)}")
-        else:
-            print(f"features {split}: waiting for other workers, "
-                  f"{len(manifest['missing_shards'])} shards missing")
-        manifests.append(manifest)
-    return manifests
-
-
 def cmd_extract(args) -> int:
     from tfcaption.data.features import parse_shard_spec
     config = _config(args)
     _prepare_source(config)
-    splits = SPLITS if args.split == "all" else (args.split,)
-    _extract_splits(config, splits, shard=parse_shard_spec(args.shard))
+    from tfcaption.runner import extract_splits, splits_to_cache
+    splits = splits_to_cache(config) if args.split == "all" else (args.split,)
+    extract_splits(config, splits, shard=parse_shard_spec(args.shard))
     return 0
 
 
@@ -76,10 +58,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tfcaption import export
-    path = export.export(_config(args), out_root=args.out, version=args.version,
-                         beam_size=args.beam, max_len=args.max_len,
-                         length_penalty=args.length_penalty, checkpoint=args.checkpoint)
+    from tfcaption import export, runner
+    config = _config(args)
+    ev = config.eval
+    path = export.export(
+        config, out_root=args.out or ev.export_dir, version=args.version,
+        beam_size=args.beam or ev.beam_size, max_len=args.max_len or runner.max_len(config),
+        length_penalty=ev.length_penalty if args.length_penalty is None else args.length_penalty,
+        checkpoint=args.checkpoint)
     print(f"SavedModel: {path}")
     return 0
 
@@ -97,12 +83,30 @@ def cmd_caption(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def cmd_evaluate(args) -> int:
+    from tfcaption import evaluation
+    config = _config(args)
+    if args.split:
+        config.eval.split = args.split
+    if args.beam is not None:
+        config.eval.beam_size = args.beam
+    result = evaluation.evaluate(config, checkpoint=args.checkpoint)
+    print(f"metrics -> {os.path.join(config.eval.out_dir, config.eval.split, 'metrics.json')}")
+    print(json.dumps({k: result[k] for k in ("metrics", "attention_correctness") if k in result}))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tfcaption import report
+    path = report.write_report(_config(args), model_dir=args.model, images=args.images)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_run(args) -> int:
     """Every stage in order; a stage whose output is complete is skipped."""
-    config = _config(args)
-    _prepare_source(config)
-    _extract_splits(config, SPLITS)
-    _train(config)
+    from tfcaption import runner
+    runner.run(_config(args))
     return 0
 
 
@@ -122,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ext = sub.add_parser("extract", help="cache backbone features of a split as TFRecords")
     _pipeline_args(ext)
-    ext.add_argument("--split", default="all", choices=SPLITS + ("all",))
+    ext.add_argument("--split", default="all", choices=SPLITS + ("all",),
+                     help="all = train, val and the pipeline's eval.split")
     ext.add_argument("--shard", default="0/1", metavar="I/N",
                      help="this machine's part: shards k with k %% N == I (default 0/1)")
     ext.set_defaults(func=cmd_extract)
@@ -133,11 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write the trained captioner as a SavedModel")
     _pipeline_args(exp)
-    exp.add_argument("--out", default="saved_models", help="root of saved_models/NAME/VERSION")
+    exp.add_argument("--out", default=None,
+                     help="root of NAME/VERSION (default: eval.export_dir, saved_models)")
     exp.add_argument("--version", type=int, default=None, help="default: the next integer")
-    exp.add_argument("--beam", type=int, default=3, help="beam size fixed in the graph (1 = greedy)")
-    exp.add_argument("--max-len", type=int, default=None, help="default: max caption words + 2")
-    exp.add_argument("--length-penalty", type=float, default=0.0)
+    exp.add_argument("--beam", type=int, default=None,
+                     help="beam size fixed in the graph, 1 = greedy (default: eval.beam_size)")
+    exp.add_argument("--max-len", type=int, default=None,
+                     help="default: eval.max_len, else max caption words + 2")
+    exp.add_argument("--length-penalty", type=float, default=None,
+                     help="default: eval.length_penalty")
     exp.add_argument("--checkpoint", default=None, help="default: the best, else the latest")
     exp.set_defaults(func=cmd_export)
 
@@ -149,6 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--json", action="store_true", help="one JSON object per line")
     cap.add_argument("--attention-dir", default=None, help="also write a heatmap figure per image")
     cap.set_defaults(func=cmd_caption)
+
+    ev = sub.add_parser("evaluate", help="decode a split and score it (coco-caption metrics, "
+                        "attention correctness)")
+    _pipeline_args(ev)
+    ev.add_argument("--split", default=None, choices=("val", "test"),
+                    help="default: the pipeline's eval.split")
+    ev.add_argument("--beam", type=int, default=None,
+                    help="beam size (1 = greedy); default: the pipeline's eval.beam_size")
+    ev.add_argument("--checkpoint", default=None, help="default: the best, else the latest")
+    ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page: captions, references, "
+                         "attention heatmaps, scores")
+    _pipeline_args(rep)
+    rep.add_argument("--model", default=None,
+                     help="saved_models/NAME/VERSION; default: the newest export of the pipeline")
+    rep.add_argument("--images", type=int, default=None,
+                     help="how many images of the eval split; default: eval.report_images")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

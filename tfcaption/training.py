@@ -131,6 +131,11 @@ def _checkpoint_dir(path: str, strategy) -> str:
 
 
 def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> Trainer:
+    # Seeded before any variable exists, so the initial weights and dropout
+    # masks are a function of train.seed alone.
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = strategy or make_strategy(config.train)
     cache = config.features.cache_dir
     manifest = load_manifest(cache, "train")
@@ -238,9 +243,13 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     start_step = int(step_var.numpy())
     if restored:
         log.info("resumed from %s at step %d", restored, start_step)
-    if start_step >= trainer.total_steps:
-        log.info("training already complete (%d steps)", start_step)
-        return _summary(trainer, stopped="complete")
+    finished = _read_finished(tc.train_dir)
+    if start_step >= trainer.total_steps or (
+            finished and finished["total_steps"] == trainer.total_steps):
+        # An early-stopped or time-limited run is finished too: running the
+        # pipeline again must not train it further.
+        log.info("training already finished at step %d", start_step)
+        return _summary(trainer, stopped=finished["stopped"] if finished else "complete")
 
     ds = pipeline.training_dataset(config.features.cache_dir, trainer.tokenizer, config.pipeline,
                                    repeat=True).skip(start_step)
@@ -294,7 +303,22 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
             stopped = f"time limit ({tc.max_minutes} min)"
             break
     writer.flush()
-    return _summary(trainer, stopped=stopped)
+    summary = _summary(trainer, stopped=stopped)
+    if _is_chief(trainer.strategy):
+        _write_json(os.path.join(tc.train_dir, FINISHED), summary)
+    return summary
+
+
+FINISHED = "finished.json"
+
+
+def _read_finished(train_dir: str) -> dict | None:
+    """The summary a run leaves when it ends on its own (not when killed)."""
+    path = os.path.join(train_dir, FINISHED)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:

@@ -1,0 +1,33 @@
+"""Flickr8k with ImageNet SqueezeNet v1.1 features: real photos on a 2-core CPU.
+
+Command:   tfcaption run pipelines/flickr8k_squeezenet.py
+Data:      ../shared/flickr8k (official layout: Flicker8k_Dataset/, Flickr8k_text/);
+           weights ../shared/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5
+Runtime:   to be measured (feature cache + training + evaluation + export + report).
+Scores:    to be measured (dev split, beam 3, coco-caption metrics).
+
+The official test split is not in ../shared, so the dev split (1000 images) is
+both the validation split (best checkpoint by CIDEr-D) and the scored split.
+"""
+
+from tfcaption.config import (DataConfig, EvalConfig, FeatureConfig, ModelConfig, PipelineConfig,
+                              RunConfig, TrainConfig)
+
+CONFIG = RunConfig(
+    name="flickr8k_squeezenet",
+    data=DataConfig(source="flickr8k", root="../shared/flickr8k", train_split="train",
+                    val_split="dev", test_split="test", min_count=5, max_caption_words=20),
+    features=FeatureConfig(
+        backbone="squeezenet",
+        weights="../shared/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        input_size=224, cache_dir="runs/flickr8k_squeezenet/features", batch_size=32,
+        shard_size=500),
+    pipeline=PipelineConfig(batch_size=64, bucket_boundaries=(10, 12, 14, 16, 19)),
+    model=ModelConfig(embedding_dim=256, units=512, attention_units=256, feature_dim=256,
+                      dropout=0.3),
+    train=TrainConfig(train_dir="runs/flickr8k_squeezenet/train", epochs=8,
+                      learning_rate=1e-3, warmup_steps=300, attention_lambda=1.0,
+                      val_images=0, patience=3, checkpoint_every=200, deterministic=True),
+    eval=EvalConfig(split="val", beam_size=3, out_dir="runs/flickr8k_squeezenet/eval",
+                    report_dir="runs/flickr8k_squeezenet/report"),
+)
