@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import matplotlib
 
@@ -41,41 +42,78 @@ def word_maps(words: list[str], attention: np.ndarray) -> list[tuple[str, np.nda
     return [(w, attention[t]) for t, w in enumerate(words)]
 
 
+def caption_words(caption: str, steps: int) -> list[str]:
+    """The words a caption's attention steps belong to: its words, then <end>
+    (the step that ended the caption looked somewhere too), at most `steps`."""
+    return (caption.split() + ["<end>"])[:steps]
+
+
 def figure(image, words: list[str], attention: np.ndarray, columns: int = 4,
-           cmap: str = "jet", alpha: float = 0.5, title: str | None = None):
-    """One figure: the image, then one panel per word with its heatmap overlaid,
-    a shared colour bar. attention: (T, h, w) with T >= len(words)."""
+           cmap: str = "inferno", alpha: float = 0.6, title: str | None = None,
+           panel_inches: float = 2.6):
+    """One figure for one image: the image, then one panel per word (the word as
+    its title) with that step's map upsampled over the image, and one colour
+    bar. attention: (T, h, w), T >= len(words), any grid and any image aspect.
+
+    All panels share one colour scale, so a brighter map means more attention
+    on that spot than on the brightest spot of a dimmer map. The default colour
+    map, inferno, is perceptually uniform and still reads in greyscale print.
+    """
     rgb = load_rgb(image)
     height, width = rgb.shape[:2]
     maps = [(w, upsample(a, height, width)) for w, a in word_maps(words, attention)]
     panels = 1 + len(maps)
+    columns = max(1, min(columns, panels))
     rows = math.ceil(panels / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    # Panels keep the image's aspect, so a wide photo gets no empty bands.
+    scale = panel_inches / max(height, width)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
+                             figsize=(columns * width * scale + 1.0,
+                                      rows * (height * scale + 0.35) + (0.5 if title else 0)))
     vmax = max((float(m.max()) for _, m in maps), default=1.0) or 1.0
     axes[0, 0].imshow(rgb)
-    axes[0, 0].set_title(title or "image", fontsize=10)
+    axes[0, 0].set_title("image", fontsize=11)
     shown = None
     for ax, (word, heat) in zip(axes.flat[1:], maps):
         ax.imshow(rgb)
-        shown = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=vmax,
+        # The map's pixels sit exactly on the image's (same extent), so the
+        # upsampling's cell-centre alignment carries through to the picture.
+        shown = ax.imshow(np.clip(heat, 0.0, None), cmap=cmap, alpha=alpha, vmin=0.0, vmax=vmax,
                           extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-        ax.set_title(word, fontsize=12)
+        ax.set_title(word, fontsize=11)
     for ax in axes.flat:
         ax.axis("off")
     if shown is not None:
-        fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="attention")
+        bar = fig.colorbar(shown, ax=list(axes.flat), fraction=0.03, pad=0.02, shrink=0.9)
+        bar.set_label("attention weight")
+        bar.solids.set_alpha(1.0)  # the scale itself, not washed out like the overlay
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=12)
     return fig
 
 
+def caption_figure(image, caption: str, attention: np.ndarray, **kwargs):
+    """figure() for a caption as the SavedModel returns it; attention (T, h, w)."""
+    return figure(image, caption_words(caption, attention.shape[0]), attention, title=caption,
+                  **kwargs)
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes, closed afterwards (for pages that embed images)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def save_figure(path_stem: str, image, caption: str, attention: np.ndarray,
-                formats=("png", "pdf")) -> list[str]:
-    """Writes <path_stem>.png and .pdf for one image; attention (T, h, w)."""
-    words = caption.split() + ["<end>"]
-    words = words[: attention.shape[0]]
-    fig = figure(image, words, attention, title=caption)
+                formats=("png", "pdf"), dpi: int = 110) -> list[str]:
+    """Writes <path_stem>.png and .pdf (vector, for papers) for one image;
+    attention (T, h, w) as the SavedModel returns it."""
+    fig = caption_figure(image, caption, attention)
     paths = []
     for fmt in formats:
         paths.append(f"{path_stem}.{fmt}")
-        fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+        fig.savefig(paths[-1], dpi=dpi)
     plt.close(fig)
     return paths

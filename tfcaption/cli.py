@@ -58,12 +58,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tfcaption import export, runner
+    from tfcaption import evaluation, export
     config = _config(args)
     ev = config.eval
     path = export.export(
         config, out_root=args.out or ev.export_dir, version=args.version,
-        beam_size=args.beam or ev.beam_size, max_len=args.max_len or runner.max_len(config),
+        beam_size=args.beam or ev.beam_size, max_len=args.max_len or evaluation.max_len(config),
         length_penalty=ev.length_penalty if args.length_penalty is None else args.length_penalty,
         checkpoint=args.checkpoint)
     print(f"SavedModel: {path}")
@@ -91,7 +91,6 @@ def cmd_evaluate(args) -> int:
     if args.beam is not None:
         config.eval.beam_size = args.beam
     result = evaluation.evaluate(config, checkpoint=args.checkpoint)
-    print(f"metrics -> {os.path.join(config.eval.out_dir, config.eval.split, 'metrics.json')}")
     print(json.dumps({k: result[k] for k in ("metrics", "attention_correctness") if k in result}))
     return 0
 

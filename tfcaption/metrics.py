@@ -53,12 +53,13 @@ def _scorers(metrics):
 
 
 def score(candidates: dict[str, str], references: dict[str, list[str]],
-          metrics=ALL_METRICS, tokenize: str = "ptb") -> dict[str, float]:
+          metrics=ALL_METRICS, tokenize: str = "ptb", announce=None) -> dict[str, float]:
     """candidates: image_id -> generated caption; references: image_id -> captions.
 
     Returns {"BLEU-1".."BLEU-4", "METEOR", "ROUGE_L", "CIDEr-D"} (those asked for),
     corpus-level, as coco-caption computes them. Without Java, METEOR and the PTB
     tokenizer are skipped with a warning naming them, and the rest still runs.
+    announce(name), if given, is called as each scorer starts (METEOR is slow).
     """
     missing = sorted(set(candidates) - set(references))
     if missing:
@@ -79,6 +80,8 @@ def score(candidates: dict[str, str], references: dict[str, list[str]],
     cands = _normalised({i: [candidates[i]] for i in ids}, tokenize)
     results: dict[str, float] = {}
     for name, scorer in _scorers(metrics):
+        if announce:
+            announce(name)
         with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its n-gram counts
             value, _ = scorer.compute_score(refs, cands)
         if name == "BLEU":

@@ -57,27 +57,16 @@ def extract_splits(config: RunConfig, splits, shard=(0, 1)) -> list[dict]:
     return manifests
 
 
-def chosen_checkpoint(train_dir: str) -> str | None:
-    """What export and evaluation use: the best checkpoint, else the latest."""
-    import tensorflow as tf
-    return (tf.train.latest_checkpoint(os.path.join(train_dir, "best"))
-            or tf.train.latest_checkpoint(os.path.join(train_dir, "latest")))
-
-
-def max_len(config: RunConfig) -> int:
-    from tfcaption.data.pipeline import max_tokens
-    return config.eval.max_len or max_tokens(config.data.max_caption_words)
-
-
 def existing_export(config: RunConfig, checkpoint: str) -> str | None:
     """A version under saved_models/<name>/ made from `checkpoint` with the
     pipeline's search settings, or None."""
+    from tfcaption import evaluation
     from tfcaption.serving import model_info
     model_dir = os.path.join(config.eval.export_dir, config.name)
     if not os.path.isdir(model_dir):
         return None
     wanted = {"checkpoint": checkpoint, "beam_size": config.eval.beam_size,
-              "max_len": max_len(config), "length_penalty": config.eval.length_penalty}
+              "max_len": evaluation.max_len(config), "length_penalty": config.eval.length_penalty}
     for version in sorted((d for d in os.listdir(model_dir) if d.isdigit()), key=int,
                           reverse=True):
         path = os.path.join(model_dir, version)
@@ -91,13 +80,14 @@ def existing_export(config: RunConfig, checkpoint: str) -> str | None:
 
 
 def export_stage(config: RunConfig, checkpoint: str) -> str:
-    from tfcaption import export
+    from tfcaption import evaluation, export
     found = existing_export(config, checkpoint)
     if found:
         log.info("export: %s already holds %s", found, checkpoint)
         return found
-    return export.export(config, out_root=config.eval.export_dir, beam_size=config.eval.beam_size,
-                         max_len=max_len(config), length_penalty=config.eval.length_penalty,
+    ev = config.eval
+    return export.export(config, out_root=ev.export_dir, beam_size=ev.beam_size,
+                         max_len=evaluation.max_len(config), length_penalty=ev.length_penalty,
                          checkpoint=checkpoint)
 
 
@@ -115,7 +105,7 @@ def run(config: RunConfig, progress: bool = True) -> dict:
 
     summary = training.train(config, progress=progress)
     print(f"training: {json.dumps(summary)}")
-    checkpoint = chosen_checkpoint(config.train.train_dir)
+    checkpoint = training.chosen_checkpoint(config.train.train_dir)
 
     scores = evaluation.evaluate(config, checkpoint=checkpoint, progress=progress)
     model_path = export_stage(config, checkpoint)

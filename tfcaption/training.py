@@ -24,7 +24,7 @@ import tensorflow as tf
 from tfcaption import decoding, metrics
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
-from tfcaption.data.features import load_manifest
+from tfcaption.data.features import load_manifest, write_json
 from tfcaption.models.captioner import caption_loss
 from tfcaption.models.decoder import GRUDecoder
 
@@ -305,7 +305,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     writer.flush()
     summary = _summary(trainer, stopped=stopped)
     if _is_chief(trainer.strategy):
-        _write_json(os.path.join(tc.train_dir, FINISHED), summary)
+        write_json(os.path.join(tc.train_dir, FINISHED), summary)
     return summary
 
 
@@ -337,7 +337,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
         state["best_metric"].assign(scores["CIDEr-D"])
         state["bad_epochs"].assign(0)
         trainer.best.save(checkpoint_number=step)
-        _write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
+        write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
                     {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
                                                       if k != "samples"}})
     else:
@@ -347,11 +347,14 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
     return int(state["bad_epochs"].numpy()) >= trainer.config.train.patience
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def chosen_checkpoint(train_dir: str, checkpoint: str | None = None) -> str:
+    """What evaluation and export use: `checkpoint` if given, else the best (by
+    validation CIDEr-D), else the latest."""
+    found = checkpoint or tf.train.latest_checkpoint(os.path.join(train_dir, "best")) \
+        or tf.train.latest_checkpoint(os.path.join(train_dir, "latest"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {train_dir}; run `tfcaption train` first")
+    return found
 
 
 def _summary(trainer: Trainer, stopped: str) -> dict:

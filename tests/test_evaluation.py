@@ -1,0 +1,195 @@
+"""Evaluation, attention correctness and the report, on a tiny synthetic run."""
+
+import html
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+from tfcaption import attention_correctness as ac
+from tfcaption import evaluation, export, report, training
+from tfcaption.cli import main
+from tfcaption.config import (DataConfig, EvalConfig, FeatureConfig, ModelConfig,
+                              PipelineConfig, RunConfig, TrainConfig)
+from tfcaption.data import features, sources, synthetic, text
+from tfcaption.data.example import Box
+
+METRICS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr-D"}
+CORRECTNESS = {"pointing_accuracy", "mass_in_box", "chance", "words"}
+
+
+# -- pointing game and mass in box on hand-made maps -------------------------------
+
+def test_pointing_game_peak_inside_box_hits_outside_misses():
+    att = np.full((4, 4), 0.01)
+    att[1, 2] = 0.5  # cell centre at x = 2.5 / 4, y = 1.5 / 4
+    assert ac.pointing(att, [Box("circle", 0.5, 0.25, 0.75, 0.5)]) == 1.0
+    assert ac.pointing(att, [Box("circle", 0.0, 0.0, 0.5, 0.5)]) == 0.0
+    # The peak cell overlaps this box, but its centre is outside it: a miss.
+    assert ac.pointing(att, [Box("circle", 0.5, 0.25, 0.6, 0.5)]) == 0.0
+    # Any of several boxes of the word will do.
+    assert ac.pointing(att, [Box("circle", 0.0, 0.0, 0.2, 0.2),
+                             Box("circle", 0.6, 0.3, 0.7, 0.4)]) == 1.0
+
+
+def test_pointing_game_flat_map_scores_the_share_of_tied_cells_inside():
+    flat = np.full((2, 2), 0.25)
+    assert ac.pointing(flat, [Box("star", 0.0, 0.0, 0.5, 1.0)]) == 0.5
+
+
+def test_mass_in_box_counts_each_cell_by_its_covered_part():
+    att = np.array([[0.1, 0.2], [0.3, 0.4]])
+    # Covers the right half of cell (0, 0) and the left half of cell (0, 1).
+    half = Box("square", 0.25, 0.0, 0.75, 0.5)
+    assert ac.mass_in_boxes(att, [half]) == pytest.approx(0.5 * 0.1 + 0.5 * 0.2)
+    # Two overlapping boxes: their union counts once (all of (0, 0), half of (0, 1)).
+    left = Box("square", 0.0, 0.0, 0.5, 0.5)
+    assert ac.mass_in_boxes(att, [left, half]) == pytest.approx(0.1 + 0.5 * 0.2)
+    np.testing.assert_allclose(ac.coverage([left, half], 2, 2), [[1.0, 0.5], [0.0, 0.0]])
+    # Unnormalised maps are taken as shares of their total.
+    assert ac.mass_in_boxes(att * 3, [half]) == pytest.approx(0.15)
+    # A box inside one cell of a 3 x 3 grid: 0.1 x 0.1 of a 1/3 x 1/3 cell.
+    np.testing.assert_allclose(ac.coverage([Box("x", 0.4, 0.4, 0.5, 0.5)], 3, 3),
+                               [[0, 0, 0], [0, 0.09, 0], [0, 0, 0]], atol=1e-12)
+
+
+def test_caption_rows_score_only_words_that_name_a_box():
+    att = np.zeros((4, 2, 2))
+    att[:, 0, 0] = 1.0  # every word looks at the top left cell
+    boxes = [Box("circle", 0.0, 0.0, 0.5, 0.5), Box("square", 0.5, 0.5, 1.0, 1.0),
+             Box("circle", 0.5, 0.0, 1.0, 0.5)]
+    rows = ac.caption_rows(["a", "circle", "and", "square"], att, boxes)
+    assert rows == [(1.0, 1.0, 0.5), (0.0, 0.0, 0.25)]  # both circles' area is the chance
+    summary = ac.summarise(rows)
+    assert summary == {"pointing_accuracy": 0.5, "mass_in_box": 0.5, "chance": 0.375,
+                       "words": 2}
+    assert ac.summarise([])["words"] == 0
+
+
+def test_coco_results_ids_are_integers_when_all_digits():
+    assert evaluation.coco_image_id("391895") == 391895
+    assert evaluation.coco_image_id("1000268201_693b08cb0e.jpg") == "1000268201_693b08cb0e.jpg"
+
+
+# -- a tiny synthetic run ----------------------------------------------------------
+
+def tiny_synthetic(root: pathlib.Path) -> RunConfig:
+    return RunConfig(
+        name="tiny",
+        data=DataConfig(source="synthetic", root=str(root / "world"), max_caption_words=12),
+        features=FeatureConfig(backbone="squeezenet", weights="random", input_size=96,
+                               cache_dir=str(root / "cache"), batch_size=8, shard_size=8),
+        pipeline=PipelineConfig(batch_size=8, shuffle_buffer=16, bucket_boundaries=(6,)),
+        model=ModelConfig(embedding_dim=8, units=8, attention_units=8, feature_dim=8,
+                          dropout=0.0),
+        train=TrainConfig(train_dir=str(root / "train"), epochs=1, warmup_steps=1,
+                          log_every=1, val_batch_size=8, checkpoint_every=100),
+        eval=EvalConfig(split="test", beam_size=2, batch_size=4, out_dir=str(root / "eval"),
+                        export_dir=str(root / "saved_models"),
+                        report_dir=str(root / "report"), report_images=2))
+
+
+@pytest.fixture(scope="module")
+def meteor_warm():
+    """METEOR's Java process spends 10-20 s loading its tables; started first, it
+    loads while the fixture trains. Its -stdio mode keeps no state between
+    requests, so evaluate() using this process changes no number."""
+    import pycocoevalcap.meteor.meteor as meteor_module
+    if not evaluation.metrics.java_available():
+        yield None
+        return
+    shared = meteor_module.Meteor()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(meteor_module, "Meteor", lambda: shared)
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, meteor_warm):
+    root = tmp_path_factory.mktemp("evaluation")
+    config = tiny_synthetic(root)
+    synthetic.generate(config.data.root, seed=0, counts=(24, 8, 8), image_size=64)
+    extractor = features.Extractor(config)
+    for split in ("train", "val", "test"):
+        features.extract(config, split, extractor=extractor)
+    training.train(config, progress=False)
+    return root
+
+
+def test_evaluate_writes_coco_results_and_metrics_then_skips(trained, monkeypatch):
+    config = tiny_synthetic(trained)
+    scored = evaluation.evaluate(config, progress=False)
+    out = trained / "eval" / "test"
+    results = json.loads((out / "results.json").read_text())
+    ids = [ex.image_id for ex in sources.load_examples(config.data, "test")]
+    assert [r["image_id"] for r in results] == ids  # cache order; names stay strings
+    assert all(set(r) == {"image_id", "caption"} and isinstance(r["caption"], str)
+               for r in results)
+    stored = json.loads((out / "metrics.json").read_text())
+    assert stored == scored
+    assert set(stored["metrics"]) >= METRICS
+    assert all(0.0 <= v <= 10.0 for v in stored["metrics"].values())
+    assert stored["split"] == "test" and stored["beam"] == 2 and stored["count"] == 8
+    assert stored["checkpoint"] == training.chosen_checkpoint(config.train.train_dir)
+    assert set(stored["attention_correctness"]) == CORRECTNESS
+    if "SPICE" not in stored["metrics"]:
+        assert any("SPICE" in note for note in stored["notes"])
+
+    # Same checkpoint, split and beam: nothing is decoded again.
+    monkeypatch.setattr(evaluation, "decode_split", lambda *a, **k: pytest.fail("decoded"))
+    mtime = os.path.getmtime(out / "metrics.json")
+    assert evaluation.evaluate(config, progress=False) == scored
+    assert os.path.getmtime(out / "metrics.json") == mtime
+
+
+def test_attention_correctness_sees_every_generated_word_with_its_own_map(trained):
+    """Greedy decoding, and a box over the whole image labelled with every word of
+    the vocabulary: each generated word (not <end>) is scored, and hits."""
+    config = tiny_synthetic(trained)
+    config.eval.beam_size = 1
+    decoder, tokenizer, manifest, _ = export.restore_decoder(config)
+    vocab = text.load_vocabulary(evaluation.pipeline.vocabulary_path(manifest))
+    everywhere = tuple(Box(word, 0.0, 0.0, 1.0, 1.0) for word in vocab)
+    ids = [ex.image_id for ex in sources.load_examples(config.data, "test")]
+    captions, rows = evaluation.decode_split(config, "test", decoder, tokenizer, manifest,
+                                             {i: everywhere for i in ids}, progress=False)
+    assert list(captions) == ids
+    assert len(rows) == sum(len(c.split()) for c in captions.values()) > 0
+    assert all(r == pytest.approx((1.0, 1.0, 1.0)) for r in rows)
+
+
+def test_cli_evaluate_prints_metrics(trained, capsys):
+    pipeline_file = trained / "tiny_pipeline.py"
+    pipeline_file.write_text("import pathlib\nfrom tests.test_evaluation import tiny_synthetic\n"
+                             f"CONFIG = tiny_synthetic(pathlib.Path({str(trained)!r}))\n")
+    assert main(["evaluate", str(pipeline_file), "--split", "test", "--beam", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "metrics.json" in printed and "CIDEr-D" in printed  # where, and what
+
+
+def test_report_is_one_self_contained_page(trained):
+    config = tiny_synthetic(trained)
+    evaluation.evaluate(config, progress=False)  # metrics for the table (or already there)
+    model_dir = export.export(config, out_root=config.eval.export_dir, beam_size=2)
+    path = report.write_report(config)
+    assert path == str(trained / "report" / "index.html")
+    assert os.listdir(trained / "report") == ["index.html"]
+    page = pathlib.Path(path).read_text()
+    sources_ = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources_ and all(s.startswith("data:image/") for s in sources_)
+    assert "url(" not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # one heatmap figure each
+    for ex in sources.load_examples(config.data, "test")[:2]:
+        assert html.escape(ex.image_id) in page
+        for ref in ex.captions:
+            assert html.escape(ref) in page
+    captions = re.findall(r'<p class="caption">([^<]*)</p>', page)
+    assert len(captions) == 2 and all(c.strip() for c in captions)
+    assert "CIDEr-D" in page and "METEOR" in page  # the metrics table
+    assert report.latest_model_dir(config) == model_dir
+    # Same SavedModel, images and metrics: the page is kept as it is.
+    mtime = os.path.getmtime(path)
+    assert report.write_report(config) == path and os.path.getmtime(path) == mtime

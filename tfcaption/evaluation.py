@@ -1,0 +1,182 @@
+"""Scoring a split: decode every cached image, score with coco-caption, check attention.
+
+Reads the feature cache and a checkpoint; writes <eval.out_dir>/<split>/
+    results.json   COCO results format, [{"image_id", "caption"}], what the
+                   coco-caption evaluation server and published tables read
+    metrics.json   BLEU-1..4, METEOR, ROUGE_L, CIDEr-D (SPICE when installed),
+                   attention correctness where the source has boxes, and what
+                   was scored: split, checkpoint, beam, count. Written last, so
+                   its presence means the stage is complete.
+
+Run again with the same checkpoint, split and search settings, it returns the
+stored metrics without decoding anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcaption import attention_correctness, decoding, metrics
+from tfcaption.config import RunConfig
+from tfcaption.data import pipeline, sources, text
+from tfcaption.data.features import load_manifest, write_json
+
+
+def spice_available() -> bool:
+    """SPICE needs Stanford CoreNLP 3.6.0 next to pycocoevalcap's spice jar, which
+    pycocoevalcap downloads on first use; evaluation never downloads, it only uses
+    SPICE when the jars are already there."""
+    try:
+        import pycocoevalcap.spice as spice
+    except ImportError:
+        return False
+    lib = os.path.join(os.path.dirname(spice.__file__), "lib")
+    return metrics.java_available() and all(
+        os.path.exists(os.path.join(lib, f"stanford-corenlp-3.6.0{suffix}.jar"))
+        for suffix in ("", "-models"))
+
+
+def _spice(candidates: dict[str, str], references: dict[str, list[str]]) -> float:
+    """SPICE on PTB-tokenized text, as coco-caption's own evaluation runs it."""
+    from pycocoevalcap.spice.spice import Spice
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    ids = sorted(candidates)
+    tokenizer = PTBTokenizer()
+    refs = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in ids})
+    cands = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in ids})
+    with contextlib.redirect_stdout(io.StringIO()):
+        value, _ = Spice().compute_score(refs, cands)
+    return float(value)
+
+
+def coco_image_id(image_id: str):
+    """COCO's results format has integer ids; other datasets keep their names."""
+    return int(image_id) if image_id.isdigit() else image_id
+
+
+def max_len(config: RunConfig) -> int:
+    """The search's step budget, also fixed into the SavedModel."""
+    return config.eval.max_len or pipeline.max_tokens(config.data.max_caption_words)
+
+
+def _settings(config: RunConfig, split: str, checkpoint: str) -> dict:
+    """What the stored metrics depend on: same settings, same numbers."""
+    ec = config.eval
+    return {"split": split, "checkpoint": checkpoint, "beam": ec.beam_size,
+            "length_penalty": ec.length_penalty, "max_len": max_len(config)}
+
+
+def _boxes(config: RunConfig, split: str) -> dict:
+    """image_id -> its object boxes, for the images that have any."""
+    return {ex.image_id: ex.boxes for ex in sources.load_examples(config.data, split)
+            if ex.boxes}
+
+
+def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: dict,
+                 boxes: dict, progress: bool = True):
+    """-> (image_id -> caption in cache order, attention-correctness rows). The
+    search runs in one tf.function per batch shape; greedy when beam_size is 1."""
+    ec, steps = config.eval, max_len(config)
+    h, w, c = manifest["grid_shape"]
+    vocab = np.asarray(text.load_vocabulary(pipeline.vocabulary_path(manifest)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16)])
+    def search(features):
+        tokens, lengths, _, attention = decoding.beam(
+            decoder, features, ec.beam_size, steps, ec.length_penalty)
+        return tokenizer.detokenize(tokens), tokens, lengths, attention
+
+    count = load_manifest(config.features.cache_dir, split)["count"]
+    bar = keras.utils.Progbar(count, verbose=1 if progress else 0, unit_name="image")
+    captions, rows, done = {}, [], 0
+    for batch in pipeline.image_dataset(config.features.cache_dir, split, ec.batch_size):
+        found, tokens, lengths, attention = (x.numpy() for x in search(batch["features"]))
+        for k, image_id in enumerate(batch["image_id"].numpy()):
+            image_id = image_id.decode()
+            captions[image_id] = found[k].decode("utf-8")
+            if image_id in boxes:
+                # Step t produced tokens[t] while looking at attention[t]. <end>
+                # names nothing; a caption cut at max_len has none.
+                steps = tokens[k, :int(lengths[k])]
+                steps = steps[steps != text.END_ID]
+                words = [str(word) for word in vocab[steps]]
+                maps = attention[k, :len(steps)].reshape(len(steps), h, w)
+                rows += attention_correctness.caption_rows(words, maps, boxes[image_id])
+        done += len(found)
+        bar.update(done)
+    return captions, rows
+
+
+def score_captions(candidates: dict[str, str], references: dict[str, list[str]],
+                   progress: bool = True) -> tuple[dict, list[str]]:
+    """coco-caption's scorers on PTB-tokenized text, saying which one is running:
+    METEOR and SPICE take the longest."""
+    notes = []
+    announce = (lambda name: print(f"  scoring {'BLEU-1..4' if name == 'BLEU' else name} ...",
+                                   flush=True)) if progress else None
+    scores = metrics.score(candidates, references, tokenize="ptb", announce=announce)
+    if not metrics.java_available():
+        notes.append("java not found: METEOR skipped, captions normalised without "
+                     "coco-caption's PTB tokenizer (scores not comparable to published ones)")
+    if spice_available():
+        if progress:
+            print("  scoring SPICE ...", flush=True)
+        scores["SPICE"] = _spice(candidates, references)
+    else:
+        notes.append("SPICE skipped: Stanford CoreNLP 3.6.0 jars are not in "
+                     "pycocoevalcap/spice/lib (python -m pycocoevalcap.spice.get_stanford_models "
+                     "fetches them)")
+    return scores, notes
+
+
+def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str | None = None,
+             progress: bool = True) -> dict:
+    """Decodes `split_role` (default config.eval.split) with beam config.eval.beam_size,
+    scores it and writes results.json and metrics.json; returns the metrics.json dict.
+    Already done for the same checkpoint, split and search: returns what is stored."""
+    from tfcaption.export import restore_decoder
+    from tfcaption.training import chosen_checkpoint
+
+    split = split_role or config.eval.split
+    checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
+    settings = _settings(config, split, checkpoint)
+    out = os.path.join(config.eval.out_dir, split)
+    metrics_file = os.path.join(out, "metrics.json")
+    if os.path.exists(metrics_file):
+        with open(metrics_file) as f:
+            stored = json.load(f)
+        if all(stored.get(k) == v for k, v in settings.items()):
+            if progress:
+                print(f"evaluate {split}: already scored for {checkpoint} (beam "
+                      f"{settings['beam']}) -> {metrics_file}")
+            return stored
+
+    decoder, tokenizer, manifest, checkpoint = restore_decoder(config, checkpoint)
+    if progress:
+        search = "greedy" if config.eval.beam_size == 1 else f"beam {config.eval.beam_size}"
+        print(f"evaluate {split}: decoding ({search}) with {checkpoint}")
+    boxes = _boxes(config, split)
+    captions, rows = decode_split(config, split, decoder, tokenizer, manifest, boxes, progress)
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "results.json"),
+                [{"image_id": coco_image_id(i), "caption": c} for i, c in captions.items()])
+
+    refs = pipeline.references(config.features.cache_dir, split)
+    scores, notes = score_captions(captions, {i: refs[i] for i in captions}, progress)
+    result = {**settings, "count": len(captions), "metrics": scores,
+              "tokenize": "ptb" if metrics.java_available() else "simple"}
+    if boxes:
+        result["attention_correctness"] = attention_correctness.summarise(rows)
+    if notes:
+        result["notes"] = notes
+    write_json(metrics_file, result)
+    if progress:
+        print(f"evaluate {split}: {len(captions)} images scored -> {metrics_file}")
+    return result
