@@ -1,0 +1,300 @@
+"""Training throughput: the real train step on Flickr8k-shaped batches, against matmul peak.
+
+    .venv/bin/python bench/training.py [--flickr ../shared/flickr8k] [--quick]
+
+About 3.5 minutes on 2 CPUs (--quick: about 1.5, mostly tracing and the XLA compile).
+
+What runs is what `tfcaption train` runs: `training.make_trainer` (decoder,
+Adam with the warm-up/cosine schedule and global clipping) on a feature cache,
+batches from `pipeline.training_dataset`, and the step from `training.make_step`.
+Only the cache is synthetic: random 8x8x2048 grids (InceptionV3's shape) in the
+real on-disk format, holding the real Flickr8k train captions of a few hundred
+images, and the vocabulary `tfcaption extract` writes for the whole train split
+with data.max_vocab=5000 (without Flickr8k: Zipf words, Flickr8k-like lengths).
+Batches are drawn once and held in memory, so the input pipeline's cost is not
+in the numbers; only the step is timed (one `float(loss)` per step, as `train`).
+
+Configurations, each measured alternately with the others and the matmul
+reference in one process (round 1, round 2, ...), best round kept:
+
+    bucketed   the default: length buckets, each batch padded to its own longest
+    fixed-32   pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
+    fixed-32 + XLA   the same with train.jit_compile (one compile, static shapes)
+
+Useful FLOPs (multiply-add = 2 FLOPs; E embedding, U units, A attention units,
+F projected feature size, C channels, L locations, V vocabulary), counted for
+real tokens only -- what a perfect implementation with no padding would do:
+
+    once per caption (encode): feature_proj 2LCF + keys W1 2LFA + init_state 2FU
+    per real token (advance + project):
+        attention  W2 h 2UA, add+tanh 2LA, score v 2LA, softmax ~5L, context 2LF
+        gate 2U, GRU 2(E+F)3U + 2U*3U, deep output 2UE + 2FE, vocabulary 2EV
+    backward = 2x forward (input and weight gradients), except feature_proj,
+        whose input (the cached features) needs no gradient: 1x. (The step
+        does compute that input gradient, 2LCF more, because feature_norm's
+        scale and offset sit below feature_proj; it is not counted as useful.)
+
+At E=256, U=A=F=512, C=2048, L=64, V=5000 that is 168 MFLOP forward per caption
+(134 of it feature_proj) and 7.7 MFLOP forward per token (2.6 of it the
+vocabulary projection, 3.9 the GRU): 371 MFLOP per caption + 23.2 MFLOP per real
+token, forward and backward. Elementwise work (layer norm, dropout, softmax
+cross entropy, Adam) is left out: it is not "useful" in this sense.
+
+"of matmul" divides the useful GFLOP/s by a float32 1024^3 tf.matmul chain in a
+tf.function (same process, measured between the steps of every round): how much
+of what this machine can multiply the step turns into useful training. The same
+chain under XLA is shown too, to tell XLA's matmuls from the rest of its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfcaption import training  # noqa: E402
+from tfcaption.config import (DataConfig, FeatureConfig, ModelConfig, PipelineConfig,  # noqa: E402
+                              RunConfig, TrainConfig)
+from tfcaption.data import features, pipeline, sources, text  # noqa: E402
+from tfcaption.data.example import Example  # noqa: E402
+from tfcaption.models.captioner import target_mask  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+GRID = (8, 8, 2048)  # InceptionV3 at 299 px
+VOCAB = 5000
+
+
+# -- the analytic FLOP count --------------------------------------------------
+
+def useful_flops(m: ModelConfig, vocab: int, locations: int, channels: int):
+    """(per caption, per real token) forward+backward FLOPs; see the module docstring."""
+    E, U, A, F, L, C, V = (m.embedding_dim, m.units, m.attention_units, m.feature_dim,
+                           locations, channels, vocab)
+    proj = 2 * L * C * F
+    encode_rest = 2 * L * F * A + 2 * F * U
+    per_token = (2 * U * A + 2 * L * A + 2 * L * A + 5 * L + 2 * L * F  # attention
+                 + (2 * U if m.gate else 0)
+                 + 2 * (E + F) * 3 * U + 2 * U * 3 * U  # GRU cell (3 gates)
+                 + 2 * U * E + 2 * F * E  # deep output
+                 + 2 * E * V)  # vocabulary projection
+    return 2 * proj + 3 * encode_rest, 3 * per_token
+
+
+# -- a feature cache in the real format -----------------------------------------
+
+def flickr_captions(root: str):
+    """(captions of the benchmark's images, all train captions) from Flickr8k, or None."""
+    token_file = os.path.join(root, "Flickr8k_text", "Flickr8k.token.txt")
+    if not os.path.exists(token_file):
+        return None
+    examples = sources.flickr8k(root, "train")
+    return [list(ex.captions) for ex in examples], [c for ex in examples for c in ex.captions]
+
+
+def synthetic_captions(images: int, seed: int = 0):
+    """Flickr8k-like without Flickr8k: 5 captions per image, lengths 5-30 words
+    (mean ~11; Flickr8k's train captions average 10.8 words after normalisation,
+    90% at most 16), Zipf-distributed words."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.gamma(9.0, 11.0 / 9.0, size=(images, 5))), 5, 30)
+    ranks = np.arange(1, VOCAB - 3)
+    p = 1.0 / ranks
+    p /= p.sum()
+    words = np.array([f"w{r}" for r in ranks])
+    caps = [[" ".join(rng.choice(words, size=int(n), p=p)) for n in row] for row in lengths]
+    return caps, [" ".join(words)]  # the second: every word once, for the vocabulary
+
+
+def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[str],
+                seed: int = 0) -> None:
+    """A one-shard train cache: random float16 grids + the given captions.
+
+    Records, sidecar and manifest come from features.py's own writers, so this
+    cache cannot drift from the format `tfcaption extract` writes."""
+    rng = np.random.default_rng(seed)
+    out = features.split_dir(cache_dir, "train")
+    os.makedirs(out)
+    name = features.shard_name(0, 1)
+    examples = [Example(f"img{i:05d}", "", tuple(c)) for i, c in enumerate(captions)]
+    with tf.io.TFRecordWriter(os.path.join(out, f"{name}.tfrecord")) as writer:
+        for ex in examples:
+            # Non-negative, like a ReLU backbone's output.
+            grid = np.abs(rng.standard_normal((GRID[0] * GRID[1], GRID[2]), np.float32))
+            writer.write(features._serialize(ex.image_id, grid, ex))
+    features.write_json(os.path.join(out, f"{name}.json"),
+                        {"count": len(examples),
+                         "image_ids": [ex.image_id for ex in examples], "skipped": []})
+    fingerprint = {"source": "bench", "split": "train", "backbone": "inception_v3 (random)",
+                   "weights": "random", "input_size": 299, "grid_shape": list(GRID)}
+    config = RunConfig(data=DataConfig(max_vocab=VOCAB),
+                       features=FeatureConfig(cache_dir=cache_dir))
+    features._write_manifest(config, "train", out, [name], fingerprint, examples)
+    # The vocabulary of the whole train split, as `tfcaption extract` writes it.
+    vocab = text.build_vocabulary(vocab_captions, 1, VOCAB)
+    vocab += [f"<unused{i}>" for i in range(VOCAB - len(vocab))]
+    text.save_vocabulary(vocab, os.path.join(cache_dir, features.VOCABULARY))
+
+
+# -- timing -------------------------------------------------------------------------
+
+def draw_batches(config: RunConfig, tokenizer, count: int):
+    ds = pipeline.training_dataset(config.features.cache_dir, tokenizer, config.pipeline,
+                                   repeat=True)
+    batches = list(ds.take(count))
+    real = sum(float(tf.reduce_sum(target_mask(t[:, 1:]))) for _, t in batches)
+    return batches, real
+
+
+def run_steps(step, batches) -> float:
+    start = time.perf_counter()
+    for feats, tokens in batches:
+        loss, _, _ = step(feats, tokens)
+        float(loss)
+    return time.perf_counter() - start
+
+
+def matmul_loop(n: int, iterations: int, jit: bool):
+    """A float32 n^3 matmul chain in one tf.function; returns (fn, input, FLOPs per call)."""
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))
+    q = tf.constant(q, tf.float32)  # orthogonal: the chain neither grows nor decays
+
+    @tf.function(jit_compile=jit)
+    def chain(x):
+        for _ in tf.range(iterations):
+            x = tf.matmul(q, x)
+        return x
+
+    return chain, q, 2.0 * n ** 3 * iterations
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+START = time.perf_counter()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flickr", default=str(SHARED / "flickr8k"),
+                        help="Flickr8k root (captions only); synthetic captions if absent")
+    parser.add_argument("--images", type=int, default=400, help="images in the cache")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="timed steps per round, bucketed (a mix of lengths)")
+    parser.add_argument("--fixed-steps", type=int, default=3,
+                        help="timed steps per round, fixed shapes (all alike)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 + 1 steps, 1 round, 60 images")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.steps, args.fixed_steps, args.rounds = 60, 2, 1, 1
+    batch_size = 64
+
+    found = flickr_captions(args.flickr)
+    if found:
+        order = np.random.default_rng(0).permutation(len(found[0]))[: args.images]
+        captions, vocab_captions = [found[0][i] for i in order], found[1]
+        where = "Flickr8k train captions"
+    else:
+        captions, vocab_captions = synthetic_captions(args.images)
+        where = "synthetic Flickr8k-like captions"
+
+    tmp = tempfile.mkdtemp(prefix="tfcaption-bench-")
+    try:
+        cache = os.path.join(tmp, "cache")
+        write_cache(cache, captions, vocab_captions)
+        log(f"cache written: {len(captions)} images, {where}")
+        model = ModelConfig(embedding_dim=256, units=512, attention_units=512, feature_dim=512)
+        config = RunConfig(
+            features=FeatureConfig(cache_dir=cache),
+            pipeline=PipelineConfig(batch_size=batch_size),
+            model=model,
+            train=TrainConfig(train_dir=os.path.join(tmp, "train"), epochs=1))
+        tf.keras.utils.set_random_seed(0)
+        trainer = training.make_trainer(config)
+        assert trainer.tokenizer.vocab_size == VOCAB, trainer.tokenizer.vocab_size
+
+        def variant(fixed: bool, jit: bool) -> RunConfig:
+            return dataclasses.replace(
+                config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed),
+                train=dataclasses.replace(config.train, jit_compile=jit))
+
+        configs = {"bucketed": (variant(False, False), args.steps),
+                   "fixed-32": (variant(True, False), args.fixed_steps),
+                   "fixed-32 + XLA": (variant(True, True), args.fixed_steps)}
+        runs = {}
+        for label, (cfg, steps) in configs.items():
+            batches, real = draw_batches(cfg, trainer.tokenizer, steps)
+            padded = sum(int(t.shape[0]) * (int(t.shape[1]) - 1) for _, t in batches)
+            step = training.make_step(dataclasses.replace(trainer, config=cfg))
+            # One batch of each shape: a trace each (and an XLA compile each).
+            shapes = {tuple(t.shape): (f, t) for f, t in batches}
+            warm = run_steps(step, list(shapes.values()))
+            runs[label] = {"step": step, "batches": batches, "real": real,
+                           "padded": padded, "warm": warm, "shapes": len(shapes), "times": []}
+            log(f"{label}: {len(shapes)} shape(s) traced in {warm:.1f} s")
+        references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
+                      "matmul 1024^3 XLA": matmul_loop(1024, 8, jit=True)}
+        for fn, x, _ in references.values():
+            fn(x).numpy()
+        log("matmul references traced")
+        ref_times: dict[str, list[float]] = {k: [] for k in references}
+        for r in range(args.rounds):
+            for label, run in runs.items():
+                run["times"].append(run_steps(run["step"], run["batches"]))
+                log(f"round {r + 1}: {label} {len(run['batches']) / run['times'][-1]:.3f} steps/s")
+            for label, (fn, x, _) in references.items():
+                for _ in range(5):  # ~0.1 s each: five tries per round
+                    start = time.perf_counter()
+                    fn(x).numpy()
+                    ref_times[label].append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    per_caption, per_token = useful_flops(model, VOCAB, GRID[0] * GRID[1], GRID[2])
+    rates = {k: references[k][2] / min(v) / 1e9 for k, v in ref_times.items()}
+    peak = rates["matmul 1024^3"]
+    h, w, c = GRID
+    print(f"\nGRUDecoder E{model.embedding_dim} U{model.units} A{model.attention_units} "
+          f"F{model.feature_dim}, vocabulary {VOCAB}, {h}x{w}x{c} features, batch "
+          f"{batch_size}, {where}; best of {args.rounds} round(s); "
+          f"{os.cpu_count()} CPUs, TF {tf.__version__}")
+    sample = runs["bucketed"]
+    print(f"useful FLOPs (fwd+bwd): {per_caption / 1e6:.0f} M per caption + "
+          f"{per_token / 1e6:.1f} M per real token; "
+          f"{sample['real'] / (len(sample['batches']) * batch_size):.1f} real tokens "
+          "(words + <end>) per caption in the bucketed batches\n")
+    print(f"{'config':<18}{'steps':>6}{'steps/s':>9}{'captions/s':>12}{'real tok/s':>12}"
+          f"{'real/padded':>13}{'useful GFLOP/s':>16}{'of matmul':>11}{'warm-up s':>11}")
+    for label, run in runs.items():
+        t = min(run["times"])
+        n = len(run["batches"])
+        caps = n * batch_size
+        useful = (caps * per_caption + run["real"] * per_token) / t / 1e9
+        print(f"{label:<18}{n:>6}{n / t:>9.3f}{caps / t:>12.1f}{run['real'] / t:>12.0f}"
+              f"{run['real'] / run['padded']:>13.2f}{useful:>16.1f}{useful / peak:>11.3f}"
+              f"{run['warm']:>11.1f}")
+    for label, rate in rates.items():
+        print(f"{label:<18}{'':>6}{'':>9}{'':>12}{'':>12}{'':>13}{rate:>16.1f}"
+              f"{rate / peak:>11.3f}")
+    rate = {label: r["real"] / min(r["times"]) for label, r in runs.items()}
+    print("\nreal tokens/s relative to bucketed: " + ", ".join(
+        f"{label} {r / rate['bucketed']:.2f}" for label, r in rate.items() if label != "bucketed"))
+    print("warm-up: tracing (and XLA compiling) once per distinct batch shape, "
+          f"{runs['bucketed']['shapes']} shapes among the bucketed batches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
