@@ -112,3 +112,74 @@ def test_length_penalty_prefers_longer_captions():
     short = decoding.length_normalised(tf.constant([-2.0]), tf.constant([2]), 1.0)
     long = decoding.length_normalised(tf.constant([-2.2]), tf.constant([8]), 1.0)
     assert float(long[0]) > float(short[0])
+
+
+def counting(step):
+    """`step` that counts its calls in a variable (it runs inside the graph loop)."""
+    calls = tf.Variable(0)
+
+    def counted(token, state):
+        calls.assign_add(1)
+        return step(token, state)
+
+    return counted, calls
+
+
+# Every caption ends at its second word: <start> -> A or B (or, for a third beam,
+# the unlikely <end>), then A -> <end>, B -> <end>.
+ENDS_SOON = np.full((7, 7), 1e-9)
+ENDS_SOON[START_ID, [A, B]] = [0.6, 0.4]
+ENDS_SOON[[A, B, C], END_ID] = 1.0
+ENDS_SOON[[END_ID, PAD_ID], [END_ID, PAD_ID]] = 1.0
+
+
+def test_loops_exit_as_soon_as_every_caption_and_every_beam_has_ended():
+    def step(token, state):
+        logits = tf.math.log(tf.gather(tf.constant(ENDS_SOON, tf.float32), token))
+        return logits, token, tf.ones([tf.shape(token)[0], 1])
+
+    counted, calls = counting(step)
+    greedy = tf.function(lambda: decoding.greedy_search(
+        counted, tf.fill([2], START_ID), 2, 20, 7, 1))
+    tokens = greedy()[0].numpy()
+    assert tokens.tolist() == [[A, END_ID] + [PAD_ID] * 18] * 2
+    assert int(calls.numpy()) == 2  # not 20
+
+    counted, calls = counting(step)
+    beam = tf.function(lambda: decoding.beam_search(
+        counted, tf.fill([2 * 3], START_ID), 2, 3, 20, 7, 1))
+    tokens, lengths, _, _ = beam()
+    assert lengths.numpy().tolist() == [2, 2] and tokens.shape == (2, 20)
+    assert int(calls.numpy()) == 2
+
+
+# The specials are the likeliest next words everywhere; none may appear in a caption.
+SPECIALS_FIRST = np.full((7, 7), 1e-6)
+SPECIALS_FIRST[:, [UNK_ID, PAD_ID, START_ID]] = [0.5, 0.2, 0.2]
+SPECIALS_FIRST[START_ID, [A, B]] = [0.06, 0.04]
+SPECIALS_FIRST[A, [C, END_ID]] = [0.05, 0.04]
+SPECIALS_FIRST[B, END_ID] = 0.09
+SPECIALS_FIRST[C, END_ID] = 0.09
+
+
+def test_unk_pad_and_start_are_never_emitted_even_when_likeliest():
+    def step(token, state):
+        logits = tf.math.log(tf.gather(tf.constant(SPECIALS_FIRST, tf.float32), token))
+        return logits, token, tf.ones([tf.shape(token)[0], 1])
+
+    g_tokens, g_lengths, _, _ = decoding.greedy_search(step, tf.fill([1], START_ID), 1, 6, 7, 1)
+    assert g_tokens.numpy().tolist() == [[A, C, END_ID, PAD_ID, PAD_ID, PAD_ID]]
+    b_tokens, b_lengths, _, _ = decoding.beam_search(step, tf.fill([3], START_ID), 1, 3, 6, 7, 1)
+    assert b_tokens.numpy().tolist() == [[B, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]]
+
+    # The same with a real decoder whose output layer prefers the specials by far.
+    decoder = tiny_decoder()
+    bias = decoder.logits_layer.bias
+    bias.assign(tf.tensor_scatter_nd_update(tf.zeros_like(bias), [[UNK_ID], [PAD_ID], [START_ID]],
+                                            [50.0, 40.0, 30.0]))
+    features, _ = batch(size=4)
+    for tokens, lengths, _, _ in (decoding.greedy(decoder, features, 8),
+                                  decoding.beam(decoder, features, 3, 8)):
+        for row, n in zip(tokens.numpy(), lengths.numpy()):
+            assert n >= 1 and not set(row[:n]) & {UNK_ID, PAD_ID, START_ID}
+            assert (row[n:] == PAD_ID).all()

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("images", nargs="+")
     cap.add_argument("--model", required=True, help="saved_models/NAME/VERSION")
     cap.add_argument("--beam", type=int, default=None,
-                     help="1 = greedy through the features signature; default: as exported")
+                     help="1 = the greedy signature; default: the beam size exported")
     cap.add_argument("--json", action="store_true", help="one JSON object per line")
     cap.add_argument("--attention-dir", default=None, help="also write a heatmap figure per image")
     cap.set_defaults(func=cmd_caption)

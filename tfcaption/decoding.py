@@ -28,7 +28,12 @@ def _banned(vocab_size: int) -> tf.Tensor:
 def decoder_step(decoder, features, repeat: int = 1):
     """-> (step, initial_state) for `decoder` on features (batch, locations, channels),
     each image repeated `repeat` times in a row (the beams of one image)."""
-    values, keys, state = decoder.encode(features, training=False)
+    return _bind(decoder, *decoder.encode(features, training=False), repeat=repeat)
+
+
+def _bind(decoder, values, keys, state, repeat: int = 1):
+    """decoder_step from encoded features: `encode` is two (batch * locations)
+    matmuls, as costly as several steps, so beam() runs it once for both searches."""
     if repeat > 1:
         values, keys, state = (tf.repeat(x, repeat, axis=0) for x in (values, keys, state))
 
@@ -156,10 +161,12 @@ def beam(decoder, features, beam_size: int, max_len: int, length_penalty: float 
     batch, locations = tf.shape(features)[0], tf.shape(features)[1]
     if beam_size == 1:
         return greedy(decoder, features, max_len)
-    step, state = decoder_step(decoder, features, repeat=beam_size)
+    encoded = decoder.encode(features, training=False)
+    step, state = _bind(decoder, *encoded, repeat=beam_size)
     found = beam_search(step, state, batch, beam_size, max_len, decoder.vocab_size, locations,
                         length_penalty)
-    greedy_found = greedy(decoder, features, max_len)
+    step, state = _bind(decoder, *encoded)
+    greedy_found = greedy_search(step, state, batch, max_len, decoder.vocab_size, locations)
     better = (length_normalised(greedy_found[2], greedy_found[1], length_penalty) >
               length_normalised(found[2], found[1], length_penalty))
     return tuple(tf.where(tf.reshape(better, [-1] + [1] * (g.shape.rank - 1)), g, b)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import types
 
 import tensorflow as tf
 
@@ -43,46 +44,61 @@ def decode_image_bytes(encoded: tf.Tensor) -> tf.Tensor:
 
 
 class CaptionModule(tf.Module):
-    """What the SavedModel holds; its two tf.functions are the signatures."""
+    """What the SavedModel holds; its tf.functions are the signatures.
+
+    The Keras objects are kept out of the module's object graph on purpose, and
+    the tf.Variables the traced functions read are tracked instead. A tracked
+    Keras 3 model exports each weight as two variable handles, one that the
+    checkpoint restores and one that the functions read; tf.saved_model.load
+    copes, but the TF1-style loader of TF Serving and `saved_model_cli run`
+    leaves the second uninitialised and every request fails with "Could not find
+    variable ...". Tracking exactly the graph's variables gives one handle per
+    weight, restored by both loaders (keras.export.ExportArchive does the same).
+    """
 
     def __init__(self, backbone, decoder, tokenizer: text.Tokenizer, beam_size: int,
                  max_len: int, length_penalty: float):
         super().__init__(name="tfcaption")
-        self.backbone_model = backbone.model
-        self._backbone = backbone
-        self.decoder = decoder
-        self.tokenizer = tokenizer
+        # A SimpleNamespace is not trackable: the Keras objects stay out of the save.
+        self._keras = types.SimpleNamespace(backbone=backbone, decoder=decoder)
+        self.tokenizer = tokenizer  # tracked: the vocabulary asset and its tables
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
         self.grid_shape = tuple(backbone.grid_shape)
         h, w, c = self.grid_shape
-        size = backbone.input_size
+        images = tf.TensorSpec([None], tf.string, name="image_bytes")
         self.caption_images = tf.function(
-            self._caption_images,
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+            lambda image_bytes: self._caption_images(image_bytes, self.beam_size),
+            input_signature=[images])
         self.greedy_images = tf.function(
-            lambda image_bytes: self._caption_images(image_bytes, beam_size=1),
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+            lambda image_bytes: self._caption_images(image_bytes, 1), input_signature=[images])
         self.caption_features = tf.function(
-            self._caption_features,
+            lambda features: self._caption_features(features, self.beam_size),
             input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="features")])
-        self._size = size
+        functions = (self.caption_images, self.greedy_images, self.caption_features)
+        graph_variables = {id(v): v for f in functions
+                           for v in f.get_concrete_function().variables}
+        self.graph_variables = list(graph_variables.values())
 
-    def _caption_images(self, image_bytes, beam_size=None):
-        images = tf.map_fn(lambda b: self._backbone.preprocess(decode_image_bytes(b)),
+    def _caption_images(self, image_bytes, beam_size: int):
+        backbone = self._keras.backbone
+        size = backbone.input_size
+        images = tf.map_fn(lambda b: backbone.preprocess(decode_image_bytes(b)),
                            image_bytes, parallel_iterations=8,
-                           fn_output_signature=tf.TensorSpec([self._size, self._size, 3],
-                                                             tf.float32))
-        return self._caption_features(self._backbone(images), beam_size)
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        # An empty request skips the backbone, whose convolutions reject a batch of 0.
+        features = tf.cond(tf.size(image_bytes) > 0, lambda: backbone(images),
+                           lambda: tf.zeros([0, *self.grid_shape]))
+        return self._caption_features(features, beam_size)
 
-    def _caption_features(self, features, beam_size=None):
+    def _caption_features(self, features, beam_size: int):
         h, w, c = self.grid_shape
         flat = tf.reshape(features, [-1, h * w, c])
-        beam_size = beam_size or self.beam_size
+        decoder = self._keras.decoder
         if beam_size > 1:
             tokens, lengths, scores, attention = decoding.beam(
-                self.decoder, flat, beam_size, self.max_len, self.length_penalty)
+                decoder, flat, beam_size, self.max_len, self.length_penalty)
         else:
-            tokens, lengths, scores, attention = decoding.greedy(self.decoder, flat, self.max_len)
+            tokens, lengths, scores, attention = decoding.greedy(decoder, flat, self.max_len)
         return {
             "caption": self.tokenizer.detokenize(tokens),
             "tokens": tokens,
@@ -95,15 +111,11 @@ class CaptionModule(tf.Module):
 def restore_decoder(config: RunConfig, checkpoint: str | None = None):
     """The trained decoder (float32) from the best checkpoint (else the latest),
     with its tokenizer and the cache manifest."""
-    from tfcaption.training import build_decoder
+    from tfcaption.training import build_decoder, chosen_checkpoint
 
     manifest = load_manifest(config.features.cache_dir, "train")
     tokenizer = text.Tokenizer(vocabulary_path(manifest), config.data.max_caption_words)
-    train_dir = config.train.train_dir
-    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(train_dir, "best")) \
-        or tf.train.latest_checkpoint(os.path.join(train_dir, "latest"))
-    if not checkpoint:
-        raise FileNotFoundError(f"no checkpoint under {train_dir}; run `tfcaption train` first")
+    checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
     float32 = dataclasses.replace(
         config, train=dataclasses.replace(config.train, mixed_precision=""))
     decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])

@@ -36,6 +36,15 @@ def _run(signature, blobs: list[bytes]) -> dict:
     return {k: v.numpy() for k, v in out.items()}
 
 
+def error_reason(err: tf.errors.OpError) -> str:
+    """The line of a graph error that says what went wrong. Its first line is
+    only "Graph execution error:", followed by where it was detected."""
+    lines = [line.strip() for line in err.message.splitlines() if line.strip()]
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+    useful = [line for line in lines if not line.startswith(noise)]
+    return (useful or lines or [type(err).__name__])[0][:300]
+
+
 def caption_bytes(signature, blobs: list[bytes], names: list[str], batch_size: int = 32):
     """Captions in batches; a batch that fails (a bad image fails its whole request,
     as in TF Serving) is retried image by image so that only the bad ones are lost,
@@ -51,7 +60,7 @@ def caption_bytes(signature, blobs: list[bytes], names: list[str], batch_size: i
                 try:
                     outs.append((_run(signature, [blob]), [name]))
                 except tf.errors.InvalidArgumentError as err:
-                    reason = err.message.strip().splitlines()[0][:300]
+                    reason = error_reason(err)
                     log.error("skipped %s: %s", name, reason)
                     results.append({"image": name, "error": reason})
         for out, out_names in outs:
