@@ -1,10 +1,12 @@
 """Serving throughput: JPEG bytes -> captions through a reloaded SavedModel, against
 the bare backbone.
 
-    .venv/bin/python bench/serving.py [--images ../shared/flickr8k/Flicker8k_Dataset] [--max-len 18]
+    .venv/bin/python bench/serving.py [--backbone squeezenet|inception_v3|vgg16]
+        [--pipeline pipelines/flickr8k_squeezenet.py] [--images DIR] [--max-len 18]
 
-A random-weight SqueezeNet (224 px, 13x13x512 grid) and an untrained decoder of
-a real run's size (embedding 256, units 512, vocabulary 3000) are exported twice,
+A random-weight backbone (SqueezeNet by default: 224 px, 13x13x512 grid) and an
+untrained decoder sized as the pipeline file says (the Flickr8k SqueezeNet run by
+default; vocabulary 3000) are exported twice,
 greedy and beam 3, with `export.CaptionModule` and `tf.saved_model.save`, then
 reloaded with `tf.saved_model.load` (what TF Serving runs: no Python objects).
 Untrained weights change no FLOP count; they do change caption length, so the
@@ -23,6 +25,7 @@ greedy / model is the cost of serving itself apart from the model's math.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import io
 import os
@@ -44,7 +47,8 @@ from tfcaption.config import ModelConfig, RunConfig  # noqa: E402
 from tfcaption.data import text  # noqa: E402
 from tfcaption.data.pipeline import max_tokens  # noqa: E402
 from tfcaption.data.text import END_ID  # noqa: E402
-from tfcaption.models.backbones import build_backbone  # noqa: E402
+from tfcaption.models.backbones import BACKBONES, build_backbone  # noqa: E402
+from tfcaption.pipelines import load_pipeline  # noqa: E402
 from tfcaption.training import build_decoder  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
@@ -66,10 +70,9 @@ def jpeg_bytes(folder: str, count: int, seed: int = 0) -> tuple[list[bytes], str
     return blobs, f"{count} synthetic 500x375 JPEGs ({folder} not found)"
 
 
-def build_module(backbone, vocab_path: str, beam_size: int, end_bias: float, max_len: int
-                 ) -> export.CaptionModule:
-    config = RunConfig(model=ModelConfig(embedding_dim=256, units=512, attention_units=512,
-                                         feature_dim=512, dropout=0.0))
+def build_module(backbone, model: ModelConfig, vocab_path: str, beam_size: int,
+                 end_bias: float, max_len: int) -> export.CaptionModule:
+    config = RunConfig(model=dataclasses.replace(model, dropout=0.0))
     tokenizer = text.Tokenizer(vocab_path, config.data.max_caption_words)
     keras.utils.set_random_seed(0)  # the same decoder in both exports
     decoder = build_decoder(config, tokenizer.vocab_size, backbone.grid_shape)
@@ -117,6 +120,10 @@ def rate(fn, batches, repeats: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default=str(SHARED / "flickr8k" / "Flicker8k_Dataset"))
+    parser.add_argument("--backbone", default="squeezenet", choices=sorted(BACKBONES))
+    parser.add_argument("--pipeline", default=str(pathlib.Path(__file__).resolve().parents[1]
+                                                  / "pipelines" / "flickr8k_squeezenet.py"),
+                        help="the decoder's sizes come from this pipeline's model config")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -124,7 +131,7 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=3000)
     parser.add_argument("--words", type=float, default=11.0,
                         help="mean caption length the <end> bias aims at")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=0, help="0 = the backbone's native size")
     parser.add_argument("--max-len", type=int, default=max_tokens(30),
                         help="the export's max_len (default: 30 words + <start>, <end>); "
                         "lower it to cap the loop where a trained model's longest caption ends")
@@ -136,16 +143,18 @@ def main() -> int:
         vocab_path = os.path.join(tmp, "vocabulary.txt")
         text.save_vocabulary(list(text.SPECIALS) + [f"w{i}" for i in range(args.vocab - 4)],
                              vocab_path)
-        backbone = build_backbone("squeezenet", weights="random", input_size=args.size)
+        backbone = build_backbone(args.backbone, weights="random", input_size=args.size)
+        model = load_pipeline(args.pipeline).model
         byte_batches = [tf.constant(blobs[i:i + args.batch])
                         for i in range(0, len(blobs), args.batch)]
         preprocessed = [tf.stack([backbone.preprocess(tf.io.decode_jpeg(b, channels=3))
                                   for b in blobs[i:i + args.batch]])
                         for i in range(0, len(blobs), args.batch)]
         forward = tf.function(lambda x: backbone(x))
-        end_bias = calibrate_end_bias(build_module(backbone, vocab_path, 1, 0.0, args.max_len),
+        end_bias = calibrate_end_bias(build_module(backbone, model, vocab_path, 1, 0.0,
+                                                   args.max_len),
                                       forward(preprocessed[0]), args.words)
-        modules = {name: build_module(backbone, vocab_path, k, end_bias, args.max_len)
+        modules = {name: build_module(backbone, model, vocab_path, k, end_bias, args.max_len)
                    for name, k in (("greedy", 1), ("beam3", 3))}
         signatures = {name: save_and_load(module, os.path.join(tmp, name))
                       for name, module in modules.items()}
@@ -172,9 +181,10 @@ def main() -> int:
 
     best = {name: max(r) for name, r in runs.items()}
     h, w, c = backbone.grid_shape
-    print(f"\nsqueezenet (random) {backbone.input_size}px -> {h}x{w}x{c}; decoder embedding 256, "
-          f"units 512, vocabulary {args.vocab}, max_len {args.max_len}; batch {args.batch}; "
-          f"{source}; {os.cpu_count()} CPUs\n")
+    print(f"\n{args.backbone} (random) {backbone.input_size}px -> {h}x{w}x{c}; decoder "
+          f"embedding {model.embedding_dim}, units {model.units}, attention "
+          f"{model.attention_units}, features {model.feature_dim}, vocabulary {args.vocab}, "
+          f"max_len {args.max_len}; batch {args.batch}; {source}; {os.cpu_count()} CPUs\n")
     rows = [("bare", "backbone forward, in-memory tensors"),
             ("model", "backbone + greedy search, in-memory"),
             ("greedy", "SavedModel serving_default, greedy"),

@@ -306,3 +306,17 @@ def test_caption_command_beam_one_uses_the_greedy_signature(exported, fresh, cap
     assert line["caption"] == fresh["beam"]["greedy"]["caption"][0]
     with pytest.raises(ValueError, match="exported with beam size 3"):
         serving.signature_for(None, exported.beam, 5)
+
+
+def test_same_file_names_in_two_folders_get_their_own_figures(exported, tmp_path, capsys):
+    blob = pathlib.Path(exported.images[0]).read_bytes()
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "photo.jpg")
+        paths[-1].write_bytes(blob)
+    figures = tmp_path / "figures"
+    assert cli.main(["caption", *map(str, paths), "--model", exported.beam,
+                     "--attention-dir", str(figures)]) == 0
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "photo-2.pdf", "photo-2.png", "photo.pdf", "photo.png"]

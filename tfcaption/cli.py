@@ -184,6 +184,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # absl (checkpoint sharding) logs at INFO through the root logger: not ours to show.
+    logging.getLogger("absl").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

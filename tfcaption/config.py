@@ -53,6 +53,7 @@ class FeatureConfig:
     backbone: str = "squeezenet"
     weights: str = "random"
     input_size: int = 0
+    layer: str = ""  # the layer attended over; "" = the backbone's usual grid
     cache_dir: str = "runs/synthetic/features"
     batch_size: int = 32
     shard_size: int = 256

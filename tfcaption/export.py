@@ -137,7 +137,7 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     decoder, tokenizer, manifest, checkpoint = restore_decoder(config, checkpoint)
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
-                              seed=fc.seed)
+                              seed=fc.seed, layer=fc.layer)
     if backbone.weights_id != manifest["weights"]:
         raise RuntimeError(f"the backbone now loads weights {backbone.weights_id}, but the "
                            f"features were cached with {manifest['weights']}")
@@ -158,7 +158,7 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     tf.saved_model.save(module, tmp, signatures=signatures)
     h, w, c = backbone.grid_shape
     info = {"name": name or config.name, "version": version, "checkpoint": checkpoint,
-            "backbone": fc.backbone, "weights": backbone.weights_id,
+            "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
             "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
             "max_len": max_len, "length_penalty": length_penalty,
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "

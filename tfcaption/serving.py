@@ -92,10 +92,17 @@ def caption_files(paths: list[str], model_dir: str, beam: int | None = None,
     if attention_dir:
         from tfcaption import attention_plots
         os.makedirs(attention_dir, exist_ok=True)
+        stems: set[str] = set()
         for r in results:
             if "caption" in r:
-                stem = os.path.join(attention_dir,
-                                    os.path.splitext(os.path.basename(r["image"]))[0])
+                name = os.path.splitext(os.path.basename(r["image"]))[0]
+                # a/x.jpg and b/x.jpg must not overwrite each other's figures.
+                stem, n = name, 1
+                while stem in stems:
+                    n += 1
+                    stem = f"{name}-{n}"
+                stems.add(stem)
+                stem = os.path.join(attention_dir, stem)
                 r["figures"] = attention_plots.save_figure(stem, r["image"], r["caption"],
                                                            r["attention"])
     for r in results:

@@ -115,6 +115,8 @@ class Trainer:
     state: dict  # step, best_metric, bad_epochs as tf.Variables
     steps_per_epoch: int
     total_steps: int
+    # Validation's decode function, traced once per run rather than once per epoch.
+    greedy_fns: dict = dataclasses.field(default_factory=dict)
 
 
 def _is_chief(strategy) -> bool:
@@ -205,11 +207,13 @@ def greedy_captions(trainer: Trainer, split_role: str, limit: int = 0,
     """image_id -> greedy caption, free-running (what validation scores)."""
     max_len = max_len or pipeline.max_tokens(trainer.config.data.max_caption_words)
     decoder, tokenizer = trainer.decoder, trainer.tokenizer
-
-    @tf.function
-    def decode(feats):
-        tokens, _, _, _ = decoding.greedy(decoder, feats, max_len)
-        return tokenizer.detokenize(tokens)
+    if max_len not in trainer.greedy_fns:
+        @tf.function(reduce_retracing=True)  # the short last batch reuses the trace
+        def decode(feats):
+            tokens, _, _, _ = decoding.greedy(decoder, feats, max_len)
+            return tokenizer.detokenize(tokens)
+        trainer.greedy_fns[max_len] = decode
+    decode = trainer.greedy_fns[max_len]
 
     out: dict[str, str] = {}
     ds = pipeline.image_dataset(trainer.config.features.cache_dir, split_role,

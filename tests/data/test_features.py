@@ -98,6 +98,11 @@ def test_cache_of_other_inputs_is_not_mixed_in(config):
     config.features.seed = 1  # other random weights: other features
     with pytest.raises(RuntimeError, match="holds a cache of other inputs"):
         features.extract(config, "train")
+    config.features.seed = 0
+    # fire8 and fire9 give grids of the same shape: only the layer tells them apart.
+    config.features.layer = "fire8_concat"
+    with pytest.raises(RuntimeError, match="holds a cache of other inputs.*layer"):
+        features.extract(config, "train")
     assert os.path.exists(os.path.join(out, "fingerprint.json"))
 
 

@@ -187,6 +187,15 @@ def test_bad_arguments_are_refused(tmp_path):
         build_backbone("squeezenet", weights=str(tmp_path / "missing.h5"))
 
 
+def test_an_earlier_layer_gives_a_local_grid():
+    backbone = build_backbone("squeezenet", input_size=160, layer="pool5")
+    assert backbone.grid_shape == (9, 9, 256) and backbone.layer == "pool5"
+    image = np.zeros((1, 160, 160, 3), np.float32)
+    assert backbone(image).shape == (1, 9, 9, 256)
+    with pytest.raises(ValueError, match="no layer 'conv10'.*fire9_concat"):
+        build_backbone("squeezenet", layer="conv10")
+
+
 def test_flops_of_squeezenet():
     # 2 x multiply-adds of the conv layers; v1.1 without conv10 is ~0.26 GMAC.
     assert 0.50e9 < features_per_image_flops("squeezenet") < 0.55e9

@@ -109,7 +109,7 @@ class Extractor:
         self.config = config
         fc = config.features
         self.backbone = build_backbone(fc.backbone, weights=fc.weights,
-                                       input_size=fc.input_size, seed=fc.seed)
+                                       input_size=fc.input_size, seed=fc.seed, layer=fc.layer)
         # One trace for every full batch; the short last batch adds one more.
         self._forward = tf.function(lambda x: tf.cast(self.backbone(x), tf.float16))
 
@@ -160,7 +160,7 @@ def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict
         "source": dc.source, "root": os.path.abspath(dc.root), "annotations": dc.annotations,
         "split": getattr(dc, f"{split_role}_split"), "split_role": split_role,
         "examples": len(examples), "image_ids_sha1": _ids_digest(examples),
-        "backbone": fc.backbone, "weights": backbone.weights_id,
+        "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
         "input_size": backbone.input_size, "grid_shape": list(backbone.grid_shape),
         "shard_size": fc.shard_size,
     }

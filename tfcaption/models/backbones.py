@@ -133,6 +133,7 @@ class Backbone:
     grid_shape: tuple[int, int, int]
     model: keras.Model
     weights_id: str
+    layer: str = ""
 
     def preprocess(self, images) -> tf.Tensor:
         return preprocess(images, self.spec, self.input_size)
@@ -143,9 +144,12 @@ class Backbone:
 
 
 def build_backbone(name: str, weights: str = "random", input_size: int = 0,
-                   seed: int = 0) -> Backbone:
+                   seed: int = 0, layer: str = "") -> Backbone:
     """weights: "random" (seeded), "imagenet" or a path to an .h5 file;
-    input_size: 0 = the backbone's native size."""
+    input_size: 0 = the backbone's native size; layer: the layer whose output is
+    the grid ("" = the backbone's usual one). An earlier layer has a smaller
+    receptive field: random SqueezeNet's last fire module sees ~207 px, more than
+    a small image, so nothing there is local; its pool5 sees ~79 px."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[name]
@@ -175,8 +179,15 @@ def build_backbone(name: str, weights: str = "random", input_size: int = 0,
                 f"weights must be 'random', 'imagenet' or an .h5 file; no file {weights!r}")
         model = spec.architecture(size, weights)
         weights_id = file_md5(weights)
+    if layer:
+        try:
+            output = model.get_layer(layer).output
+        except ValueError:
+            raise ValueError(f"{name} has no layer {layer!r}; its layers: "
+                             f"{', '.join(l.name for l in model.layers)}") from None
+        model = keras.Model(model.input, output, name=f"{model.name}_{layer}")
     grid_shape = tuple(int(d) for d in model.output.shape[1:])
-    return Backbone(spec, size, grid_shape, model, weights_id)
+    return Backbone(spec, size, grid_shape, model, weights_id, layer)
 
 
 def load_h5_by_layer_name(model: keras.Model, path: str) -> None:
