@@ -84,6 +84,9 @@ class ModelConfig:
     feature_dim: int = 512  # the projected feature size (the attention "values")
     dropout: float = 0.3
     gate: bool = True  # Show, Attend and Tell's beta = sigmoid(f(h)) gating scalar
+    # Initial GRU state from the mean feature (Show, Attend and Tell). False: a
+    # learned constant, so every word must find its evidence by attending.
+    init_from_features: bool = True
 
 
 @dataclasses.dataclass

@@ -160,7 +160,9 @@ def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict
         "source": dc.source, "root": os.path.abspath(dc.root), "annotations": dc.annotations,
         "split": getattr(dc, f"{split_role}_split"), "split_role": split_role,
         "examples": len(examples), "image_ids_sha1": _ids_digest(examples),
-        "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
+        "backbone": fc.backbone, "weights": backbone.weights_id,
+        # Only when set, so caches made before the option existed stay valid.
+        **({"layer": backbone.layer} if backbone.layer else {}),
         "input_size": backbone.input_size, "grid_shape": list(backbone.grid_shape),
         "shard_size": fc.shard_size,
     }

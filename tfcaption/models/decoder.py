@@ -23,7 +23,7 @@ class GRUDecoder(keras.Model):
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, units: int = 512,
                  attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
-                 gate: bool = True, **kwargs):
+                 gate: bool = True, init_from_features: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -32,6 +32,7 @@ class GRUDecoder(keras.Model):
         self.feature_dim = feature_dim
         self.dropout_rate = dropout
         self.gate = gate
+        self.init_from_features = init_from_features
         # Raw backbone scales differ by orders of magnitude (random weights give
         # ~1e-3, ImageNet VGG ~1e2): normalise each location's channels first.
         self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
@@ -51,13 +52,15 @@ class GRUDecoder(keras.Model):
     def from_config_dataclass(cls, cfg: ModelConfig, vocab_size: int, **kwargs) -> "GRUDecoder":
         return cls(vocab_size=vocab_size, embedding_dim=cfg.embedding_dim, units=cfg.units,
                    attention_units=cfg.attention_units, feature_dim=cfg.feature_dim,
-                   dropout=cfg.dropout, gate=cfg.gate, **kwargs)
+                   dropout=cfg.dropout, gate=cfg.gate,
+                   init_from_features=cfg.init_from_features, **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size,
                 "embedding_dim": self.embedding_dim, "units": self.units,
                 "attention_units": self.attention_units, "feature_dim": self.feature_dim,
-                "dropout": self.dropout_rate, "gate": self.gate}
+                "dropout": self.dropout_rate, "gate": self.gate,
+                "init_from_features": self.init_from_features}
 
     def encode(self, features, training=False):
         """features (batch, locations, channels) -> values (batch, locations, feature_dim),
@@ -65,7 +68,10 @@ class GRUDecoder(keras.Model):
         values = self.feature_proj(self.feature_norm(features))
         values = self.drop(values, training=training)
         keys = self.attention.keys(values)
-        state = self.init_state(tf.reduce_mean(values, axis=1))
+        mean = tf.reduce_mean(values, axis=1)
+        # Without the mean feature the first state is a learned constant (the
+        # layer's bias) and the image reaches the decoder only through attention.
+        state = self.init_state(mean if self.init_from_features else tf.zeros_like(mean))
         return values, keys, state
 
     def advance(self, token, state, values, keys, training=False):
