@@ -3,8 +3,15 @@
 Command:   tfcaption run pipelines/flickr8k_squeezenet.py
 Data:      ../shared/flickr8k (official layout: Flicker8k_Dataset/, Flickr8k_text/);
            weights ../shared/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5
-Runtime:   to be measured (feature cache + training + evaluation + export + report).
-Scores:    to be measured (dev split, beam 3, coco-caption metrics).
+Runtime:   measured on the 2-core CPU (shared with other jobs, so an upper bound):
+           feature cache 1 min (7000 images, ~140 images/s), training 44 min
+           (8 epochs x 469 steps of 64 captions, validation after each), evaluation
+           1 min, export + report 1 min.
+Scores:    dev split (1000 images), beam 3, coco-caption (pycocoevalcap, PTB tokenizer):
+           BLEU-1 0.596  BLEU-2 0.411  BLEU-3 0.278  BLEU-4 0.185
+           METEOR 0.182  ROUGE_L 0.437  CIDEr-D 0.423
+           Training is seeded and deterministic (train.deterministic), so a fresh
+           run on the same kind of machine reproduces these numbers.
 
 The official test split is not in ../shared, so the dev split (1000 images) is
 both the validation split (best checkpoint by CIDEr-D) and the scored split.

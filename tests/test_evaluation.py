@@ -181,7 +181,8 @@ def test_report_is_one_self_contained_page(trained):
     sources_ = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert sources_ and all(s.startswith("data:image/") for s in sources_)
     assert "url(" not in page
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # one heatmap figure each
+    # a thumbnail and a heatmap figure per image, both JPEG
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page)) == 4
     for ex in sources.load_examples(config.data, "test")[:2]:
         assert html.escape(ex.image_id) in page
         for ref in ex.captions:

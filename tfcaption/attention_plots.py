@@ -98,10 +98,11 @@ def caption_figure(image, caption: str, attention: np.ndarray, **kwargs):
                   **kwargs)
 
 
-def png_bytes(fig, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes, closed afterwards (for pages that embed images)."""
+def jpeg_bytes(fig, dpi: int = 110, quality: int = 85) -> bytes:
+    """The figure as JPEG bytes, closed afterwards (for pages that embed images):
+    photo overlays are ~8x smaller as JPEG than as PNG at no visible loss."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="jpeg", dpi=dpi, pil_kwargs={"quality": quality})
     plt.close(fig)
     return buffer.getvalue()
 

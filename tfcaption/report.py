@@ -117,7 +117,7 @@ def _example_html(example, result: dict, blob: bytes) -> str:
         return (f"<div class='example'><p class='caption'>{name}</p>"
                 f"<p class='error'>not captioned: {html.escape(result['error'])}</p></div>")
     fig = attention_plots.caption_figure(blob, result["caption"], result["attention"])
-    heatmaps = _data_uri(attention_plots.png_bytes(fig), "image/png")
+    heatmaps = _data_uri(attention_plots.jpeg_bytes(fig), "image/jpeg")
     caption = html.escape(result["caption"])
     return f"""<div class="example">
 <div class="top"><img src="{_thumbnail(blob)}" alt="{name}">
