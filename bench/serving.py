@@ -144,17 +144,17 @@ def main() -> int:
         text.save_vocabulary(list(text.SPECIALS) + [f"w{i}" for i in range(args.vocab - 4)],
                              vocab_path)
         backbone = build_backbone(args.backbone, weights="random", input_size=args.size)
-        model = load_pipeline(args.pipeline).model
+        sizes = load_pipeline(args.pipeline).model
         byte_batches = [tf.constant(blobs[i:i + args.batch])
                         for i in range(0, len(blobs), args.batch)]
         preprocessed = [tf.stack([backbone.preprocess(tf.io.decode_jpeg(b, channels=3))
                                   for b in blobs[i:i + args.batch]])
                         for i in range(0, len(blobs), args.batch)]
         forward = tf.function(lambda x: backbone(x))
-        end_bias = calibrate_end_bias(build_module(backbone, model, vocab_path, 1, 0.0,
+        end_bias = calibrate_end_bias(build_module(backbone, sizes, vocab_path, 1, 0.0,
                                                    args.max_len),
                                       forward(preprocessed[0]), args.words)
-        modules = {name: build_module(backbone, model, vocab_path, k, end_bias, args.max_len)
+        modules = {name: build_module(backbone, sizes, vocab_path, k, end_bias, args.max_len)
                    for name, k in (("greedy", 1), ("beam3", 3))}
         signatures = {name: save_and_load(module, os.path.join(tmp, name))
                       for name, module in modules.items()}
@@ -182,8 +182,8 @@ def main() -> int:
     best = {name: max(r) for name, r in runs.items()}
     h, w, c = backbone.grid_shape
     print(f"\n{args.backbone} (random) {backbone.input_size}px -> {h}x{w}x{c}; decoder "
-          f"embedding {model.embedding_dim}, units {model.units}, attention "
-          f"{model.attention_units}, features {model.feature_dim}, vocabulary {args.vocab}, "
+          f"embedding {sizes.embedding_dim}, units {sizes.units}, attention "
+          f"{sizes.attention_units}, features {sizes.feature_dim}, vocabulary {args.vocab}, "
           f"max_len {args.max_len}; batch {args.batch}; {source}; {os.cpu_count()} CPUs\n")
     rows = [("bare", "backbone forward, in-memory tensors"),
             ("model", "backbone + greedy search, in-memory"),

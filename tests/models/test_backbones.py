@@ -132,6 +132,17 @@ def test_preprocess_is_the_same_eagerly_and_in_tf_data(name):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
+def test_an_image_at_the_input_size_skips_the_resize_and_gets_the_same_pixels():
+    spec = BACKBONES["squeezenet"]
+    image = _scene(96, 96)
+    resized = tf.image.resize(tf.cast(image, tf.float32), (96, 96), method="bilinear",
+                              antialias=True)
+    expected = tf.reverse(resized, axis=[-1]) - tf.constant(CAFFE_BGR_MEANS, tf.float32)
+    np.testing.assert_allclose(preprocess(image, spec, 96).numpy(), expected.numpy(), atol=1e-3)
+    batch = preprocess(np.stack([image, image]), spec, 96)
+    assert batch.shape == (2, 96, 96, 3)
+
+
 def test_preprocess_graph_has_no_python_ops():
     spec = BACKBONES["squeezenet"]
     fn = tf.function(lambda x: preprocess(x, spec, 64))
