@@ -22,6 +22,7 @@ under `skipped` in the shard's sidecar and the manifest.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -131,13 +132,26 @@ class Extractor:
         """Extracts `examples` into `path`.tfrecord (+ .json sidecar); returns the sidecar."""
         done: list[int] = []
         tmp = f"{path}.tfrecord.tmp"
-        with tf.io.TFRecordWriter(tmp) as writer:
+
+        def write(indices, grids):
+            for i, grid in zip(indices, grids):
+                ex = examples[i]
+                writer.write(_serialize(ex.image_id, grid, ex))
+                done.append(int(i))
+
+        # Records of batch k are serialised and written on a second thread while
+        # the backbone runs batch k + 1 (TensorFlow releases the GIL), instead of
+        # between forward passes. One writer thread keeps the records in order.
+        with tf.io.TFRecordWriter(tmp) as writer, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = None
             for indices, images in self._dataset(examples):
                 grids = self._forward(images).numpy()
-                for i, grid in zip(indices.numpy(), grids):
-                    ex = examples[i]
-                    writer.write(_serialize(ex.image_id, grid, ex))
-                    done.append(int(i))
+                if pending is not None:
+                    pending.result()  # re-raises a failed write here
+                pending = pool.submit(write, indices.numpy(), grids)
+            if pending is not None:
+                pending.result()
         kept = set(done)
         skipped = []
         for i, ex in enumerate(examples):
