@@ -18,6 +18,8 @@ Configurations, each measured alternately with the others and the matmul
 reference in one process (round 1, round 2, ...), best round kept:
 
     bucketed   the default: length buckets, each batch padded to its own longest
+    grouped x5 pipeline.captions_per_image=5: batches of 65 captions from 13 images,
+               each image encoded once for its 5 captions (bucketed too)
     fixed-32   pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
     fixed-32 + XLA   the same with train.jit_compile (one compile, static shapes)
 
@@ -25,7 +27,8 @@ Useful FLOPs (multiply-add = 2 FLOPs; E embedding, U units, A attention units,
 F projected feature size, C channels, L locations, V vocabulary), counted for
 real tokens only -- what a perfect implementation with no padding would do:
 
-    once per caption (encode): feature_proj 2LCF + keys W1 2LFA + init_state 2FU
+    once per encoded image: feature_proj 2LCF + keys W1 2LFA + init_state 2FU
+        (once per caption in the pair configurations, once per 5 in grouped x5)
     per real token (advance + project):
         attention  W2 h 2UA, add+tanh 2LA, score v 2LA, softmax ~5L, context 2LF
         gate 2U, GRU 2(E+F)3U + 2U*3U, deep output 2UE + 2FE, vocabulary 2EV
@@ -225,12 +228,17 @@ def main() -> int:
         trainer = training.make_trainer(config)
         assert trainer.tokenizer.vocab_size == VOCAB, trainer.tokenizer.vocab_size
 
-        def variant(fixed: bool, jit: bool) -> RunConfig:
+        def variant(fixed: bool, jit: bool, per_image: int = 0) -> RunConfig:
+            # Whole images per batch: 13 x 5 = 65 captions when grouped.
+            size = -(-batch_size // per_image) * per_image if per_image else batch_size
             return dataclasses.replace(
-                config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed),
+                config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
+                                                     captions_per_image=per_image,
+                                                     batch_size=size),
                 train=dataclasses.replace(config.train, jit_compile=jit))
 
         configs = {"bucketed": (variant(False, False), args.steps),
+                   "grouped x5": (variant(False, False, 5), args.steps),
                    "fixed-32": (variant(True, False), args.fixed_steps),
                    "fixed-32 + XLA": (variant(True, True), args.fixed_steps)}
         runs = {}
@@ -241,7 +249,8 @@ def main() -> int:
             # One batch of each shape: a trace each (and an XLA compile each).
             shapes = {tuple(t.shape): (f, t) for f, t in batches}
             warm = run_steps(step, list(shapes.values()))
-            runs[label] = {"step": step, "batches": batches, "real": real,
+            images = sum(int(f.shape[0]) for f, _ in batches)
+            runs[label] = {"step": step, "batches": batches, "real": real, "images": images,
                            "padded": padded, "warm": warm, "shapes": len(shapes), "times": []}
             log(f"{label}: {len(shapes)} shape(s) traced in {warm:.1f} s")
         references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
@@ -271,7 +280,7 @@ def main() -> int:
           f"{batch_size}, {where}; best of {args.rounds} round(s); "
           f"{os.cpu_count()} CPUs, TF {tf.__version__}")
     sample = runs["bucketed"]
-    print(f"useful FLOPs (fwd+bwd): {per_caption / 1e6:.0f} M per caption + "
+    print(f"useful FLOPs (fwd+bwd): {per_caption / 1e6:.0f} M per encoded image + "
           f"{per_token / 1e6:.1f} M per real token; "
           f"{sample['real'] / (len(sample['batches']) * batch_size):.1f} real tokens "
           "(words + <end>) per caption in the bucketed batches\n")
@@ -280,8 +289,8 @@ def main() -> int:
     for label, run in runs.items():
         t = min(run["times"])
         n = len(run["batches"])
-        caps = n * batch_size
-        useful = (caps * per_caption + run["real"] * per_token) / t / 1e9
+        caps = sum(int(tk.shape[0]) for _, tk in run["batches"])
+        useful = (run["images"] * per_caption + run["real"] * per_token) / t / 1e9
         print(f"{label:<18}{n:>6}{n / t:>9.3f}{caps / t:>12.1f}{run['real'] / t:>12.0f}"
               f"{run['real'] / run['padded']:>13.2f}{useful:>16.1f}{useful / peak:>11.3f}"
               f"{run['warm']:>11.1f}")

@@ -38,6 +38,19 @@ def test_upsampled_peak_lies_in_the_peak_cell(row, col):
     assert y0 <= y + 0.5 < y1 and x0 <= x + 0.5 < x1
 
 
+def test_upsampled_peak_sits_at_the_cells_receptive_field_centre():
+    """A valid-padding grid: cell centres pulled in from the border, not at slice centres."""
+    centres = {"rows": [0.2, 0.4, 0.6, 0.8], "cols": [0.1, 0.3, 0.5, 0.7, 0.9]}
+    for row, col in [(1, 1), (2, 3)]:
+        heat = attention_plots.upsample(peaked(row, col), HEIGHT, WIDTH, centres)
+        y, x = np.unravel_index(np.argmax(heat), heat.shape)
+        assert abs((y + 0.5) / HEIGHT - centres["rows"][row]) <= 0.5 / HEIGHT + 1e-9
+        assert abs((x + 0.5) / WIDTH - centres["cols"][col]) <= 0.5 / WIDTH + 1e-9
+    # Beyond the outermost centres the map keeps its border value.
+    heat = attention_plots.upsample(peaked(0, 0), HEIGHT, WIDTH, centres)
+    assert np.allclose(heat[0], heat[int(0.2 * HEIGHT) - 1])
+
+
 def hottest_point(png: bytes, fig, ax, cmap="inferno", alpha=0.6, grey=128):
     """The image coordinates (x, y) of the hottest overlay pixels of panel `ax`
     in a rendered PNG: each pixel's heat is read back by matching its colour to

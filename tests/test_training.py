@@ -81,6 +81,33 @@ def test_mirrored_over_two_cpus_matches_one_device(cached):
     assert mirrored[0] == pytest.approx(single[0], rel=1e-5)
 
 
+def grouped_first_step(config, strategy):
+    """The first step's loss with captions grouped by image, batches split across
+    replicas by tf.distribute itself (in order, as `train` does)."""
+    tf.keras.utils.set_random_seed(1)
+    trainer = training.make_trainer(config, strategy)
+    ds = training.pipeline.training_dataset(config.features.cache_dir, trainer.tokenizer,
+                                            config.pipeline)
+    feats, tokens = next(iter(strategy.experimental_distribute_dataset(ds)))
+    loss, stats, _ = training.make_step(trainer)(feats, tokens)
+    return float(loss), float(stats["tokens"])
+
+
+def test_captions_grouped_by_image_train_and_split_across_replicas(cached):
+    config = fresh(cached, "grouped", epochs=1)
+    config.pipeline.captions_per_image, config.pipeline.batch_size = 3, 6
+    summary = training.train(config, progress=False)
+    assert summary["step"] == summary["total_steps"] == 12 * 3 // 6
+    config.model.dropout = 0.0
+    single = grouped_first_step(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    mirrored = grouped_first_step(config, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    assert mirrored[1] == single[1]
+    assert mirrored[0] == pytest.approx(single[0], rel=1e-5)
+    config.pipeline.batch_size = 9  # 3 images cannot be shared by 2 replicas
+    with pytest.raises(ValueError, match="replicas"):
+        training.make_trainer(config, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_steps_are_finite(cached, policy):
     config = fresh(cached, f"mp-{policy}", mixed_precision=policy, epochs=1)

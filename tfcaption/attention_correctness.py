@@ -6,14 +6,19 @@ label of two words, COCO's "traffic light", is never scored). When the word
 names several objects (two circles), any of them counts: the boxes are taken
 as one region, their union.
 
-Geometry: backbones squash the whole image to a square (no crop), so cell
-(i, j) of an h x w attention grid covers x in [j/w, (j+1)/w) and y in
-[i/h, (i+1)/h) of the image, in the same 0..1 coordinates as the boxes.
+Geometry: backbones squash the whole image to a square (no crop), so grid
+positions are image positions in the same 0..1 coordinates as the boxes. Cell
+(i, j) is placed at its receptive field's centre (rows[i], cols[j]), from
+`Backbone.cell_centres()`: with "valid" convolutions these are not the centres
+of equal slices (SqueezeNet's pool3 at 128 px: 7.5 ... 119.5 px, not 4.3 ...
+123.7). For mass, a cell covers the image up to halfway to its neighbours'
+centres, the border cells out to the image's edge. Without centres, the grid is
+taken as equal slices.
 
 Two numbers per scored word:
 
 - pointing game: the peak cell's centre lies inside the region. The point is the
-  cell centre, not the peak of an upsampled map: the model attends over cells,
+  cell's centre, not the peak of an upsampled map: the model attends over cells,
   and an upsampled peak moves with the interpolation and the image size. Nor is
   "the peak cell overlaps the box" used: on a coarse grid most cells touch some
   object, which would make the game too easy. Tied peaks (a flat map) score
@@ -31,57 +36,84 @@ words.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tfcaption.data.example import Box
 
 
-def coverage(boxes: Sequence[Box], h: int, w: int) -> np.ndarray:
+Centres = Optional[Tuple[Sequence[float], Sequence[float]]]
+
+
+def _centres(h: int, w: int, centres: Centres) -> tuple[np.ndarray, np.ndarray]:
+    if centres is None:
+        return (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+    rows, cols = (np.asarray(c, np.float64) for c in centres)
+    if rows.shape != (h,) or cols.shape != (w,):
+        raise ValueError(f"centres for a {len(rows)}x{len(cols)} grid, attention is {h}x{w}")
+    return rows, cols
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell centres (n,) -> cell edges (n + 1,): halfway between neighbours, 0 and 1 outside."""
+    return np.concatenate([[0.0], (centres[:-1] + centres[1:]) / 2, [1.0]])
+
+
+def coverage(boxes: Sequence[Box], h: int, w: int, centres: Centres = None) -> np.ndarray:
     """(h, w): the fraction of each cell's area inside the union of `boxes`. Exact:
     the cell edges and box edges cut the image into rectangles that are each
     wholly inside or wholly outside the union and inside one cell."""
-    def cuts(n, lows, highs):
-        edges = np.concatenate([np.arange(n + 1) / n, lows, highs])
-        return np.unique(np.clip(edges, 0.0, 1.0))
+    rows, cols = _centres(h, w, centres)
+    row_edges, col_edges = _edges(rows), _edges(cols)
 
-    xs = cuts(w, [b.x0 for b in boxes], [b.x1 for b in boxes])
-    ys = cuts(h, [b.y0 for b in boxes], [b.y1 for b in boxes])
+    def cuts(edges, lows, highs):
+        return np.unique(np.clip(np.concatenate([edges, lows, highs]), 0.0, 1.0))
+
+    xs = cuts(col_edges, [b.x0 for b in boxes], [b.x1 for b in boxes])
+    ys = cuts(row_edges, [b.y0 for b in boxes], [b.y1 for b in boxes])
     mx, my = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
     inside = np.zeros((len(my), len(mx)), bool)
     for b in boxes:
         inside |= ((my >= b.y0) & (my < b.y1))[:, None] & ((mx >= b.x0) & (mx < b.x1))[None, :]
     area = np.diff(ys)[:, None] * np.diff(xs)[None, :] * inside
-    rows = np.minimum((my * h).astype(int), h - 1)
-    cols = np.minimum((mx * w).astype(int), w - 1)
+    r = np.clip(np.searchsorted(row_edges, my, side="right") - 1, 0, h - 1)
+    c = np.clip(np.searchsorted(col_edges, mx, side="right") - 1, 0, w - 1)
     out = np.zeros((h, w))
-    np.add.at(out, (rows[:, None], cols[None, :]), area)
-    return out * (h * w)  # area -> fraction of a cell (each is 1 / (h w) of the image)
+    np.add.at(out, (r[:, None], c[None, :]), area)
+    cell_area = np.diff(row_edges)[:, None] * np.diff(col_edges)[None, :]
+    return out / cell_area
 
 
-def pointing(attention: np.ndarray, boxes: Sequence[Box]) -> float:
+def pointing(attention: np.ndarray, boxes: Sequence[Box], centres: Centres = None) -> float:
     """attention (h, w) -> 1.0 when its peak cell's centre is inside a box, else 0.0;
     tied peaks score the share of them that are inside."""
     h, w = attention.shape
-    rows, cols = np.nonzero(attention == attention.max())
-    cx, cy = (cols + 0.5) / w, (rows + 0.5) / h
-    hit = np.zeros(len(rows), bool)
+    rows, cols = _centres(h, w, centres)
+    r, c = np.nonzero(attention == attention.max())
+    cx, cy = cols[c], rows[r]
+    hit = np.zeros(len(r), bool)
     for b in boxes:
         hit |= (cx >= b.x0) & (cx < b.x1) & (cy >= b.y0) & (cy < b.y1)
     return float(hit.mean())
 
 
-def mass_in_boxes(attention: np.ndarray, boxes: Sequence[Box]) -> float:
+def mass_in_boxes(attention: np.ndarray, boxes: Sequence[Box], centres: Centres = None
+                  ) -> float:
     """attention (h, w) -> the fraction of its mass inside the union of `boxes`."""
     total = float(attention.sum())
     if total <= 0.0:
         return 0.0
-    return float((attention * coverage(boxes, *attention.shape)).sum() / total)
+    return float((attention * coverage(boxes, *attention.shape, centres)).sum() / total)
 
 
-def caption_rows(words: Sequence[str], attention: np.ndarray, boxes: Sequence[Box]
-                 ) -> list[tuple[float, float, float]]:
+def chance(boxes: Sequence[Box]) -> float:
+    """The union's share of the image: what a uniform map or a random point scores."""
+    return float(coverage(boxes, 1, 1)[0, 0])
+
+
+def caption_rows(words: Sequence[str], attention: np.ndarray, boxes: Sequence[Box],
+                 centres: Centres = None) -> list[tuple[float, float, float]]:
     """words[t] was generated with attention[t] (h, w). -> one (pointing, mass,
     chance) row per word that names a boxed object."""
     by_label: dict[str, list[Box]] = {}
@@ -91,9 +123,8 @@ def caption_rows(words: Sequence[str], attention: np.ndarray, boxes: Sequence[Bo
     for word, att in zip(words, attention):
         region = by_label.get(word)
         if region:
-            h, w = att.shape
-            rows.append((pointing(att, region), mass_in_boxes(att, region),
-                         float(coverage(region, h, w).mean())))
+            rows.append((pointing(att, region, centres), mass_in_boxes(att, region, centres),
+                         chance(region)))
     return rows
 
 

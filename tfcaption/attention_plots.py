@@ -1,10 +1,11 @@
 """Attention heatmaps from a SavedModel's outputs alone: the image, its words, their maps.
 
 Alignment: every backbone squashes the whole image to its square input (no
-crop), so attention cell (i, j) of an h x w grid covers rows [i*H/h, (i+1)*H/h)
-and columns [j*W/w, (j+1)*W/w) of the original H x W image. Upsampling with
-half-pixel centres (PIL's resize) keeps each cell's value at that cell's centre,
-so a peak lands where the model looked.
+crop), so a position in the grid is the same relative position in the original
+H x W image. Each cell's value is placed at its receptive field's centre
+(`cell_centres`, from the SavedModel's assets.extra/tfcaption.json) and
+interpolated between centres, so a peak lands where the model looked. Without
+centres the grid is taken as equal slices, each value at its slice's centre.
 """
 
 from __future__ import annotations
@@ -31,10 +32,24 @@ def load_rgb(image) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def upsample(attention: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w) attention -> (height, width), smooth (bicubic), aligned as the module says."""
-    grid = Image.fromarray(np.asarray(attention, np.float32), mode="F")
-    return np.asarray(grid.resize((width, height), Image.BICUBIC), np.float32)
+def _axis_weights(centres, n: int, size: int) -> np.ndarray:
+    """(size, n): linear interpolation weights from n cell centres (fractions of the
+    image) to the size pixel centres; constant beyond the outermost centres."""
+    centres = np.asarray(centres, np.float64) if centres is not None else (np.arange(n) + 0.5) / n
+    if centres.shape != (n,):
+        raise ValueError(f"{len(centres)} cell centres for an axis of {n} cells")
+    eye = np.eye(n)
+    pixels = (np.arange(size) + 0.5) / size
+    return np.stack([np.interp(pixels, centres, eye[k]) for k in range(n)], axis=1)
+
+
+def upsample(attention: np.ndarray, height: int, width: int, centres=None) -> np.ndarray:
+    """(h, w) attention -> (height, width), smooth (bilinear between cell centres),
+    aligned as the module says. centres: {"rows": (h,), "cols": (w,)} or None."""
+    h, w = attention.shape
+    rows = _axis_weights(centres and centres["rows"], h, height)
+    cols = _axis_weights(centres and centres["cols"], w, width)
+    return (rows @ np.asarray(attention, np.float64) @ cols.T).astype(np.float32)
 
 
 def word_maps(words: list[str], attention: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -50,7 +65,7 @@ def caption_words(caption: str, steps: int) -> list[str]:
 
 def figure(image, words: list[str], attention: np.ndarray, columns: int = 4,
            cmap: str = "inferno", alpha: float = 0.6, title: str | None = None,
-           panel_inches: float = 2.6):
+           panel_inches: float = 2.6, centres: dict | None = None):
     """One figure for one image: the image, then one panel per word (the word as
     its title) with that step's map upsampled over the image, and one colour
     bar. attention: (T, h, w), T >= len(words), any grid and any image aspect.
@@ -61,7 +76,7 @@ def figure(image, words: list[str], attention: np.ndarray, columns: int = 4,
     """
     rgb = load_rgb(image)
     height, width = rgb.shape[:2]
-    maps = [(w, upsample(a, height, width)) for w, a in word_maps(words, attention)]
+    maps = [(w, upsample(a, height, width, centres)) for w, a in word_maps(words, attention)]
     panels = 1 + len(maps)
     columns = max(1, min(columns, panels))
     rows = math.ceil(panels / columns)
@@ -108,10 +123,11 @@ def jpeg_bytes(fig, dpi: int = 110, quality: int = 85) -> bytes:
 
 
 def save_figure(path_stem: str, image, caption: str, attention: np.ndarray,
-                formats=("png", "pdf"), dpi: int = 110) -> list[str]:
+                formats=("png", "pdf"), dpi: int = 110, centres: dict | None = None
+                ) -> list[str]:
     """Writes <path_stem>.png and .pdf (vector, for papers) for one image;
-    attention (T, h, w) as the SavedModel returns it."""
-    fig = caption_figure(image, caption, attention)
+    attention (T, h, w) as the SavedModel returns it; centres as in upsample."""
+    fig = caption_figure(image, caption, attention, centres=centres)
     paths = []
     for fmt in formats:
         paths.append(f"{path_stem}.{fmt}")

@@ -70,6 +70,11 @@ class PipelineConfig:
     # tokens, and the last short batch dropped.
     fixed_shapes: bool = False
     bucket_boundaries: tuple[int, ...] = (8, 12, 16, 20)
+    # 0: rows are (image, caption) pairs, every caption once per epoch. K > 0:
+    # each batch holds batch_size / K images with K of their captions each
+    # (drawn afresh every epoch; repeated when an image has fewer), so the
+    # decoder encodes each image once for K captions ("seq_per_img").
+    captions_per_image: int = 0
     cache_in_memory: bool = True
     seed: int = 0
 

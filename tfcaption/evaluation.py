@@ -26,7 +26,7 @@ import tensorflow as tf
 from tfcaption import attention_correctness, decoding, metrics
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, sources, text
-from tfcaption.data.features import load_manifest, write_json
+from tfcaption.data.features import load_manifest, manifest_centres, write_json
 
 
 def spice_available() -> bool:
@@ -86,6 +86,8 @@ def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: di
     ec, steps = config.eval, max_len(config)
     h, w, c = manifest["grid_shape"]
     vocab = np.asarray(text.load_vocabulary(pipeline.vocabulary_path(manifest)))
+    grid = manifest_centres(manifest) if boxes else None
+    centres = (grid["rows"], grid["cols"]) if grid else None
 
     @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16)])
     def search(features):
@@ -108,7 +110,7 @@ def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: di
                 steps = steps[steps != text.END_ID]
                 words = [str(word) for word in vocab[steps]]
                 maps = attention[k, :len(steps)].reshape(len(steps), h, w)
-                rows += attention_correctness.caption_rows(words, maps, boxes[image_id])
+                rows += attention_correctness.caption_rows(words, maps, boxes[image_id], centres)
         done += len(found)
         bar.update(done)
     return captions, rows

@@ -162,7 +162,10 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
             "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
             "max_len": max_len, "length_penalty": length_penalty,
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "
-            "grid covers the whole image"}
+            "grid covers the whole image",
+            # Where each attention cell looks, as fractions of the image's height
+            # (rows) and width (cols): what heatmaps need to sit on the right pixels.
+            "cell_centres": backbone.cell_centres()}
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, "assets.extra", "tfcaption.json"), "w") as f:
         json.dump(info, f, indent=1)

@@ -110,13 +110,14 @@ def _metrics_html(path: str) -> str:
     return body
 
 
-def _example_html(example, result: dict, blob: bytes) -> str:
+def _example_html(example, result: dict, blob: bytes, centres: dict | None) -> str:
     refs = "".join(f"<li>{html.escape(c)}</li>" for c in example.captions)
     name = html.escape(example.image_id)
     if "error" in result:
         return (f"<div class='example'><p class='caption'>{name}</p>"
                 f"<p class='error'>not captioned: {html.escape(result['error'])}</p></div>")
-    fig = attention_plots.caption_figure(blob, result["caption"], result["attention"])
+    fig = attention_plots.caption_figure(blob, result["caption"], result["attention"],
+                                         centres=centres)
     heatmaps = _data_uri(attention_plots.jpeg_bytes(fig), "image/jpeg")
     caption = html.escape(result["caption"])
     return f"""<div class="example">
@@ -183,9 +184,11 @@ attention grid, {search}) &middot; {html.escape(split)} split</p>
 {_metrics_html(metrics_file)}
 <h2>Examples</h2>
 <p class="meta">Each word's attention map is upsampled from the grid to the whole image
-(the backbone sees the image squashed to a square, so the grid spans the full frame).
+(the backbone sees the image squashed to a square, so the grid spans the full frame),
+each cell's weight placed at the centre of that cell's receptive field.
 All maps of an image share one colour scale.</p>
-{"".join(_example_html(ex, r, b) for ex, r, b in zip(examples, results, blobs))}
+{"".join(_example_html(ex, r, b, info.get("cell_centres"))
+         for ex, r, b in zip(examples, results, blobs))}
 </body></html>
 """
     os.makedirs(config.eval.report_dir, exist_ok=True)

@@ -92,6 +92,7 @@ def caption_files(paths: list[str], model_dir: str, beam: int | None = None,
     if attention_dir:
         from tfcaption import attention_plots
         os.makedirs(attention_dir, exist_ok=True)
+        centres = model_info(model_dir).get("cell_centres")  # absent in older exports
         stems: set[str] = set()
         for r in results:
             if "caption" in r:
@@ -104,7 +105,7 @@ def caption_files(paths: list[str], model_dir: str, beam: int | None = None,
                 stems.add(stem)
                 stem = os.path.join(attention_dir, stem)
                 r["figures"] = attention_plots.save_figure(stem, r["image"], r["caption"],
-                                                           r["attention"])
+                                                           r["attention"], centres=centres)
     for r in results:
         r.pop("attention", None)
     order = {p: i for i, p in enumerate(paths)}

@@ -97,7 +97,10 @@ def build_decoder(config: RunConfig, vocab_size: int, grid_shape) -> GRUDecoder:
 
 
 def steps_per_epoch(config: RunConfig, manifest: dict) -> int:
-    return max(1, math.ceil(manifest["captions"] / config.pipeline.batch_size))
+    """An epoch is every caption once, or every image once with K captions."""
+    k = config.pipeline.captions_per_image
+    rows = manifest["count"] * k if k else manifest["captions"]
+    return max(1, math.ceil(rows / config.pipeline.batch_size))
 
 
 @dataclasses.dataclass
@@ -139,6 +142,13 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = strategy or make_strategy(config.train)
+    k, replicas = config.pipeline.captions_per_image, strategy.num_replicas_in_sync
+    if k and (config.pipeline.batch_size // k) % replicas:
+        # tf.distribute splits images and caption rows separately: each replica
+        # must get whole images, or its captions would belong to other images.
+        raise ValueError(f"pipeline.batch_size / captions_per_image = "
+                         f"{config.pipeline.batch_size // k} images must divide among "
+                         f"{replicas} replicas")
     cache = config.features.cache_dir
     manifest = load_manifest(cache, "train")
     tokenizer = text.Tokenizer(pipeline.vocabulary_path(manifest), config.data.max_caption_words)

@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -85,3 +86,42 @@ def test_images_and_references_for_decoding(cache):
 def test_partial_cache_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `tfcaption extract`"):
         pipeline.image_dataset(str(tmp_path), "train", batch_size=2)
+
+
+@pytest.mark.parametrize("k", [2, 5])  # fewer, then more than an image's 3 captions
+def test_captions_grouped_by_image(cache, k):
+    """K captions of each image per epoch, in rows i K .. i K + K - 1 of its batch;
+    with fewer than K captions, each is used before any repeats."""
+    config, tokenizer = cache
+    cfg = dataclasses.replace(config.pipeline, captions_per_image=k, batch_size=3 * k)
+    refs = pipeline.references(config.features.cache_dir, "train")
+    grids = {grid_key(row["features"]): row["image_id"].numpy().decode() for row in
+             pipeline.read_records(features.load_manifest(config.features.cache_dir, "train"))}
+    own = {i: {tuple(t) for t in tokenizer.tokenize(tf.constant(c)).to_list()}
+           for i, c in refs.items()}
+    seen = []
+    for feats, tokens in pipeline.training_dataset(config.features.cache_dir, tokenizer, cfg):
+        assert tokens.shape[0] == k * feats.shape[0] and feats.shape[0] <= 3
+        lengths = tf.reduce_sum(tf.cast(tokens != 0, tf.int32), axis=1).numpy()
+        assert tokens.shape[1] == lengths.max()
+        rows = [tuple(r[:n]) for r, n in zip(tokens.numpy(), lengths)]
+        for i, grid in enumerate(feats.numpy()):
+            image_id = grids[grid_key(grid)]
+            mine = rows[i * k:(i + 1) * k]
+            assert set(mine) <= own[image_id]
+            assert len(set(mine)) == min(k, len(own[image_id]))
+            seen.append(image_id)
+    assert sorted(seen) == sorted(refs)  # every image once per epoch
+
+
+def test_grouped_fixed_shapes_and_a_batch_that_is_not_whole_images(cache):
+    config, tokenizer = cache
+    cfg = dataclasses.replace(config.pipeline, captions_per_image=2, batch_size=6,
+                              fixed_shapes=True)
+    ds = pipeline.training_dataset(config.features.cache_dir, tokenizer, cfg)
+    feats_spec, tokens_spec = ds.element_spec
+    assert feats_spec.shape[0] == 3 and tokens_spec.shape.as_list() == [6, 10]
+    assert sum(1 for _ in ds) == 12 // 3
+    with pytest.raises(ValueError, match="multiple of"):
+        pipeline.training_dataset(config.features.cache_dir, tokenizer,
+                                  dataclasses.replace(cfg, batch_size=5))

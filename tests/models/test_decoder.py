@@ -104,6 +104,27 @@ def test_step_compiles_with_xla():
     assert "while" in hlo  # the time loop is one XLA while, not an unrolled graph
 
 
+def test_grouped_captions_equal_repeated_images_in_loss_and_gradients():
+    """Images encoded once for K captions each: the same loss and gradients as
+    each image repeated K times, eager, in a graph with unknown batch sizes, and
+    under XLA."""
+    decoder = tiny_decoder()
+    features, tokens = batch(size=4)
+    images = features[::2]  # rows 0, 1 are captions of image 0; rows 2, 3 of image 1
+    repeated = tf.repeat(images, 2, axis=0)
+    loss_a, grads_a = loss_and_grads(decoder, repeated, tokens)
+    dynamic = tf.function(lambda f, t: loss_and_grads(decoder, f, t), input_signature=[
+        tf.TensorSpec([None, LOCATIONS, CHANNELS]), tf.TensorSpec([None, None], tf.int32)])
+    xla = tf.function(lambda f, t: loss_and_grads(decoder, f, t), jit_compile=True)
+    for loss_b, grads_b in [loss_and_grads(decoder, images, tokens),
+                            dynamic(images, tokens),
+                            xla(images, tokens)]:
+        assert float(loss_b) == pytest.approx(float(loss_a), rel=1e-5)
+        for a, b in zip(grads_a, grads_b):
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
+                                       tf.convert_to_tensor(b).numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_dropout_only_in_training():
     decoder = tiny_decoder(dropout=0.5)
     features, tokens = batch()

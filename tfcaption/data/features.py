@@ -37,7 +37,7 @@ from tfcaption.config import RunConfig
 from tfcaption.data import text
 from tfcaption.data.example import Example
 from tfcaption.data.sources import load_examples
-from tfcaption.models.backbones import build_backbone
+from tfcaption.models.backbones import build_backbone, cell_centres
 
 log = logging.getLogger("tfcaption.extract")
 
@@ -240,10 +240,11 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
         log.info("%s: %d of %d shards complete; the rest belong to other workers",
                  split_role, count - len(missing), count)
         return {"complete": False, "missing_shards": missing}
-    return _write_manifest(config, split_role, out, names, wanted, examples)
+    return _write_manifest(config, split_role, out, names, wanted, examples,
+                           extractor.backbone.cell_centres())
 
 
-def _write_manifest(config, split_role, out, names, fingerprint, examples) -> dict:
+def _write_manifest(config, split_role, out, names, fingerprint, examples, centres) -> dict:
     sidecars = [read_json(os.path.join(out, f"{n}.json")) for n in names]
     skipped = [s for car in sidecars for s in car["skipped"]]
     dropped = {s["image_id"] for s in skipped}
@@ -257,6 +258,7 @@ def _write_manifest(config, split_role, out, names, fingerprint, examples) -> di
         "fingerprint": fingerprint,
         **{k: fingerprint[k] for k in ("source", "split", "backbone", "weights",
                                         "input_size", "grid_shape")},
+        "cell_centres": centres,
         "count": sum(car["count"] for car in sidecars),
         "captions": len(captions),
         "skipped": skipped,
@@ -283,6 +285,15 @@ def load_manifest(cache_dir: str, split_role: str) -> dict:
     manifest = read_json(path)
     manifest["dir"] = os.path.dirname(path)
     return manifest
+
+
+def manifest_centres(manifest: dict) -> dict:
+    """The grid's cell centres; caches written before they were recorded get them
+    from the backbone's architecture."""
+    if "cell_centres" in manifest:
+        return manifest["cell_centres"]
+    fp = manifest["fingerprint"]
+    return cell_centres(fp["backbone"], fp["input_size"], fp.get("layer", ""))
 
 
 def manifest_summary(manifest: dict) -> str:

@@ -6,6 +6,14 @@ same buffer n times; nothing is copied until batching). Images are shuffled as
 a whole, then rows are shuffled again in a smaller buffer so that one batch does
 not hold all captions of one image.
 
+With `captions_per_image` = K, a batch is instead batch_size / K images and K
+captions of each: features (B / K, L, C) and tokens (B, T), image i's captions
+in rows i K .. i K + K - 1. The decoder encodes each image once and shares it
+with its K captions, which removes most of the step's encoding work (the
+feature projection and attention keys are two thirds of a forward pass at
+15x15 locations). tf.distribute splits both tensors in order, so as long as
+every replica gets whole images the rows stay aligned.
+
 Batches are padded to their own longest caption, with rows grouped by length
 (`bucket_by_sequence_length`) so little of a batch is padding. For TPUs and XLA,
 `fixed_shapes` pads every batch to the same length and drops the short last
@@ -79,6 +87,8 @@ def training_dataset(cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineCon
     ds = ds.shuffle(image_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    if cfg.captions_per_image:
+        return _grouped(ds, tokenizer, cfg, batch_size).prefetch(tf.data.AUTOTUNE)
 
     def rows(grid, tokens):
         # Each caption row keeps its own length: padding is re-made per batch.
@@ -101,6 +111,41 @@ def training_dataset(cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineCon
             bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
             padded_shapes=([None, None], [None]), drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _grouped(ds: tf.data.Dataset, tokenizer: text.Tokenizer, cfg: PipelineConfig,
+             batch_size: int) -> tf.data.Dataset:
+    """(grid, tokens (n, T)) per image -> batches of (grids (B / K, L, C), tokens (B, T))."""
+    k = cfg.captions_per_image
+    if batch_size % k:
+        raise ValueError(f"pipeline.batch_size ({batch_size}) must be a multiple of "
+                         f"pipeline.captions_per_image ({k})")
+
+    def pick(row, seed):
+        grid, tokens = row
+        n = tf.shape(tokens)[0]
+        # K of the n captions without repeats when n >= K, each at most
+        # ceil(K / n) times otherwise; stateless, so a seeded run repeats.
+        pool = tf.tile(tf.range(n), [(k + n - 1) // n])
+        noise = tf.random.stateless_uniform(tf.shape(pool), seed=tf.stack([seed, seed // 7]))
+        chosen = tf.gather(tokens, tf.gather(pool, tf.argsort(noise)[:k]))
+        longest = tf.reduce_max(tf.reduce_sum(tf.cast(chosen != text.PAD_ID, tf.int32), axis=1))
+        return grid, chosen[:, :longest]
+
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=cfg.seed + 2)))
+    ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+    images = batch_size // k
+    if cfg.fixed_shapes:
+        ds = ds.padded_batch(images, padded_shapes=([None, None],
+                                                    [k, max_tokens(tokenizer.max_words)]),
+                             drop_remainder=True)
+    else:
+        boundaries = [b for b in cfg.bucket_boundaries if b > 0]
+        ds = ds.bucket_by_sequence_length(
+            lambda grid, tokens: tf.shape(tokens)[1], bucket_boundaries=boundaries,
+            bucket_batch_sizes=[images] * (len(boundaries) + 1),
+            padded_shapes=([None, None], [k, None]), drop_remainder=False)
+    return ds.map(lambda grids, tokens: (grids, tf.reshape(tokens, [-1, tf.shape(tokens)[2]])))
 
 
 def image_dataset(cache_dir: str, split_role: str, batch_size: int) -> tf.data.Dataset:

@@ -6,10 +6,11 @@ locations. `build_backbone` returns a `Backbone` holding the Keras model, the
 preprocessing that belongs to it, and a `weights_id` for cache fingerprints.
 
 Preprocessing squashes every image to size x size (bilinear, antialiased, aspect
-ratio NOT preserved), so the grid always covers the whole image: grid cell (i, j)
-is the region [i/h, (i+1)/h) x [j/w, (j+1)/w) of the original image in relative
-coordinates, whatever its shape. Attention heatmaps are drawn by stretching the
-h x w map over the original image and rely on exactly this.
+ratio NOT preserved), so the grid always spans the whole image, whatever its
+shape, and a cell's place in the input is its place in the original image in
+relative coordinates. Where each cell looks (its receptive field's centre) is
+`Backbone.cell_centres()`: heatmaps and the pointing game put each cell's
+attention there (see grid_geometry).
 
 `weights`:
   "random"    seeded He-uniform conv kernels (same seed, same features); He rather
@@ -34,6 +35,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+
+from tfcaption.models import grid_geometry
 
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 SQUEEZENET_ENV = "TFCAPTION_SQUEEZENET_WEIGHTS"
@@ -145,6 +148,13 @@ class Backbone:
     def preprocess(self, images) -> tf.Tensor:
         return preprocess(images, self.spec, self.input_size)
 
+    def cell_centres(self) -> dict:
+        """{"rows": [...], "cols": [...]}: where each grid cell's receptive field is
+        centred, as fractions of the image (see grid_geometry)."""
+        rows, cols = grid_geometry.cell_centres(self.model)
+        return {"rows": [round(float(v), 6) for v in rows],
+                "cols": [round(float(v), 6) for v in cols]}
+
     def __call__(self, preprocessed: tf.Tensor) -> tf.Tensor:
         """(batch, s, s, 3) preprocessed -> (batch, h, w, c) float32 features."""
         return tf.cast(self.model(preprocessed, training=False), tf.float32)
@@ -195,6 +205,12 @@ def build_backbone(name: str, weights: str = "random", input_size: int = 0,
         model = keras.Model(model.input, output, name=f"{model.name}_{layer}")
     grid_shape = tuple(int(d) for d in model.output.shape[1:])
     return Backbone(spec, size, grid_shape, model, weights_id, layer)
+
+
+def cell_centres(name: str, input_size: int = 0, layer: str = "") -> dict:
+    """Backbone.cell_centres() from the architecture alone (no weights loaded): for
+    caches and SavedModels made before the centres were recorded."""
+    return build_backbone(name, "random", input_size, layer=layer).cell_centres()
 
 
 def load_h5_by_layer_name(model: keras.Model, path: str) -> None:

@@ -99,13 +99,21 @@ class GRUDecoder(keras.Model):
         return self.project(output), state, alpha
 
     def teacher_forced(self, features, tokens, training=False):
-        """features (batch, locations, channels), tokens (batch, T) ->
+        """features (images, locations, channels), tokens (batch, T) ->
         logits (batch, T-1, vocab) float32, alphas (batch, T-1, locations) float32.
 
+        batch = K * images: token rows i K .. i K + K - 1 are captions of image i
+        (K = 1: one row per image). Each image is encoded once, whatever K.
         The loop over time is a tf.scan (one graph node whatever T is); the
         vocabulary projection, the largest matmul, runs once over all steps.
         """
         values, keys, state = self.encode(features, training=training)
+        images, rows = features.shape[0], tokens.shape[0]
+        if images is None or rows is None or images != rows:
+            # A gather, not tf.repeat: its output shape stays static under XLA.
+            per_image = tf.shape(tokens)[0] // tf.shape(features)[0]
+            index = tf.range(tf.shape(tokens)[0]) // per_image
+            values, keys, state = (tf.gather(x, index) for x in (values, keys, state))
         inputs = tf.transpose(tokens[:, :-1])  # time-major
 
         def one(carry, token):
