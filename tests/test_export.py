@@ -220,6 +220,14 @@ def test_empty_batch_returns_empty_outputs_of_the_right_rank(exported, fresh):
             assert fresh[name][sig + "_empty"] == expected
 
 
+def test_export_info_places_the_attention_cells(exported):
+    """Heatmaps read the cells' receptive-field centres from the export info."""
+    h, w, _ = exported.info["grid"]
+    centres = exported.info["cell_centres"]
+    assert len(centres["rows"]) == h and len(centres["cols"]) == w
+    assert all(0 < a < b < 1 for a, b in zip(centres["rows"], centres["rows"][1:]))
+
+
 def saved_model_cli(*args) -> subprocess.Popen:
     return subprocess.Popen([str(VENV_BIN / "saved_model_cli"), *args], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -54,31 +54,43 @@ def test_second_run_does_no_work(config, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a complete cache was extracted again")
 
-    monkeypatch.setattr(features.Extractor, "write_shard", fail)
+    monkeypatch.setattr(features.Extractor, "write_shards", fail)
     assert features.extract(config, "train")["count"] == 10
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(config, monkeypatch):
-    real = features.Extractor.write_shard
+    real = features.Extractor._finish_shard
     calls = []
 
-    def dies_on_third_shard(self, examples, path):
+    def dies_on_third_shard(examples, path, done):
         calls.append(path)
         if len(calls) == 3:
             # Half a shard on disk under its temporary name, as a kill leaves it.
             open(f"{path}.tfrecord.tmp", "wb").write(b"partial")
             raise KeyboardInterrupt
-        return real(self, examples, path)
+        return real(examples, path, done)
 
-    monkeypatch.setattr(features.Extractor, "write_shard", dies_on_third_shard)
+    monkeypatch.setattr(features.Extractor, "_finish_shard", staticmethod(dies_on_third_shard))
     with pytest.raises(KeyboardInterrupt):
         features.extract(config, "train")
+    out = features.split_dir(config.features.cache_dir, "train")
+    assert len([f for f in os.listdir(out) if f.endswith(".tfrecord")]) == 2
     with pytest.raises(FileNotFoundError, match="no complete feature cache"):
         features.load_manifest(config.features.cache_dir, "train")
-    monkeypatch.setattr(features.Extractor, "write_shard", real)
+    monkeypatch.setattr(features.Extractor, "_finish_shard", staticmethod(real))
     manifest = features.extract(config, "train")
     ids = cached_ids(features.split_dir(config.features.cache_dir, "train"))
     assert sorted(ids) == sorted(set(ids)) and len(ids) == manifest["count"] == 10
+
+
+def test_one_input_pipeline_for_all_shards(config, monkeypatch):
+    """Decoding runs on across shard boundaries: one tf.data pipeline per run, not
+    one per shard (each restart would leave the backbone waiting for a refill)."""
+    real, built = features.Extractor._dataset, []
+    monkeypatch.setattr(features.Extractor, "_dataset",
+                        lambda self, examples: built.append(len(examples)) or real(self, examples))
+    manifest = features.extract(config, "train")
+    assert len(manifest["shards"]) >= 3 and len(built) == 1
 
 
 def test_shards_split_across_workers(config):

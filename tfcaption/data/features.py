@@ -128,30 +128,71 @@ class Extractor:
         ds = ds.ignore_errors()
         return ds.batch(self.config.features.batch_size).prefetch(2)
 
-    def write_shard(self, examples: list[Example], path: str) -> dict:
-        """Extracts `examples` into `path`.tfrecord (+ .json sidecar); returns the sidecar."""
-        done: list[int] = []
-        tmp = f"{path}.tfrecord.tmp"
+    def write_shards(self, jobs: list[tuple[list[Example], str]], on_shard=None) -> list[dict]:
+        """Extracts each (examples, path) job into `path`.tfrecord (+ .json sidecar);
+        returns the sidecars. `on_shard(sidecar)` is called as each one completes.
+
+        One input pipeline runs over all the jobs, so decoding never stops at a
+        shard boundary: a pipeline per shard would drain and refill every few
+        hundred images, with the backbone idle meanwhile. Rows come in order, so
+        shard k is complete (and renamed) before shard k + 1 is written."""
+        flat = [ex for examples, _ in jobs for ex in examples]
+        ends = np.cumsum([len(examples) for examples, _ in jobs])
+        sidecars: list[dict] = []
+        state = {"job": 0, "writer": None, "done": []}
+
+        def finish():
+            j = state["job"]
+            examples, path = jobs[j]
+            writer = state["writer"] or tf.io.TFRecordWriter(f"{path}.tfrecord.tmp")
+            writer.close()
+            sidecars.append(self._finish_shard(examples, path, state["done"]))
+            if on_shard:
+                on_shard(sidecars[-1])
+            state.update(job=j + 1, writer=None, done=[])
 
         def write(indices, grids):
             for i, grid in zip(indices, grids):
-                ex = examples[i]
-                writer.write(_serialize(ex.image_id, grid, ex))
-                done.append(int(i))
+                while i >= ends[state["job"]]:
+                    finish()
+                examples, path = jobs[state["job"]]
+                if state["writer"] is None:
+                    state["writer"] = tf.io.TFRecordWriter(f"{path}.tfrecord.tmp")
+                first = ends[state["job"]] - len(examples)
+                ex = examples[i - first]
+                state["writer"].write(_serialize(ex.image_id, grid, ex))
+                state["done"].append(int(i - first))
 
         # Records of batch k are serialised and written on a second thread while
         # the backbone runs batch k + 1 (TensorFlow releases the GIL), instead of
         # between forward passes. One writer thread keeps the records in order.
-        with tf.io.TFRecordWriter(tmp) as writer, \
-                concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = None
-            for indices, images in self._dataset(examples):
-                grids = self._forward(images).numpy()
+            try:
+                for indices, images in self._dataset(flat):
+                    grids = self._forward(images).numpy()
+                    if pending is not None:
+                        pending.result()  # re-raises a failed write here
+                    pending = pool.submit(write, indices.numpy(), grids)
                 if pending is not None:
-                    pending.result()  # re-raises a failed write here
-                pending = pool.submit(write, indices.numpy(), grids)
-            if pending is not None:
-                pending.result()
+                    pending.result()
+                while state["job"] < len(jobs):  # the last shards, or ones all skipped
+                    finish()
+            finally:
+                if pending is not None and not pending.done():
+                    concurrent.futures.wait([pending])  # its error, if any, is raised above
+                if state["writer"] is not None:
+                    state["writer"].close()  # a .tmp file: never read as complete
+        return sidecars
+
+    def write_shard(self, examples: list[Example], path: str) -> dict:
+        """write_shards for one shard."""
+        return self.write_shards([(examples, path)])[0]
+
+    @staticmethod
+    def _finish_shard(examples: list[Example], path: str, done: list[int]) -> dict:
+        """Reports the skipped images, then writes the sidecar and renames the shard
+        into place (the rename is what makes it count as complete)."""
         kept = set(done)
         skipped = []
         for i, ex in enumerate(examples):
@@ -162,9 +203,8 @@ class Extractor:
                 skipped.append({"image_id": ex.image_id, "path": where, "error": reason})
         sidecar = {"count": len(done), "image_ids": [examples[i].image_id for i in done],
                    "skipped": skipped}
-        # Sidecar first, then the rename that makes the shard count as complete.
         write_json(f"{path}.json", sidecar)
-        os.replace(tmp, f"{path}.tfrecord")
+        os.replace(f"{path}.tfrecord.tmp", f"{path}.tfrecord")
         return sidecar
 
 
@@ -223,16 +263,20 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
     size = config.features.shard_size
     count = math.ceil(len(examples) / size)
     mine = [k for k in range(count) if k % shard[1] == shard[0]]
-    start, made = time.perf_counter(), 0
-    for k in mine:
-        path = os.path.join(out, shard_name(k, count))
-        if os.path.exists(f"{path}.tfrecord"):
-            continue
-        sidecar = extractor.write_shard(examples[k * size:(k + 1) * size], path)
-        made += sidecar["count"]
-        rate = made / (time.perf_counter() - start)
+    todo = [k for k in mine if not os.path.exists(
+        os.path.join(out, shard_name(k, count)) + ".tfrecord")]
+    start, made = time.perf_counter(), []
+
+    def progress(sidecar):
+        made.append(sidecar["count"])
+        rate = sum(made) / (time.perf_counter() - start)
         log.info("%s: shard %d/%d written (%d images, %.1f images/s)",
-                 split_role, k + 1, count, sidecar["count"], rate)
+                 split_role, todo[len(made) - 1] + 1, count, sidecar["count"], rate)
+
+    if todo:
+        extractor.write_shards([(examples[k * size:(k + 1) * size],
+                                 os.path.join(out, shard_name(k, count))) for k in todo],
+                               on_shard=progress)
 
     names = [shard_name(k, count) for k in range(count)]
     missing = [n for n in names if not os.path.exists(os.path.join(out, f"{n}.tfrecord"))]
