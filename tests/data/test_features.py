@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -91,6 +92,28 @@ def test_one_input_pipeline_for_all_shards(config, monkeypatch):
                         lambda self, examples: built.append(len(examples)) or real(self, examples))
     manifest = features.extract(config, "train")
     assert len(manifest["shards"]) >= 3 and len(built) == 1
+
+
+def test_cached_grids_are_what_the_serving_path_computes(config):
+    """Extraction batches resized uint8 images and normalises them in the forward
+    pass; a SavedModel preprocesses image by image. Same features either way."""
+    manifest = features.extract(config, "train")
+    extractor = features.Extractor(config)
+    backbone = extractor.backbone
+    examples = {ex.image_id: ex for ex in features.load_examples(config.data, "train")}
+    h, w, c = manifest["grid_shape"]
+    out = features.split_dir(config.features.cache_dir, "train")
+    record = next(iter(tf.data.TFRecordDataset(os.path.join(out, manifest["shards"][0]))))
+    row = tf.io.parse_single_example(record, {
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+        "features": tf.io.FixedLenFeature([], tf.string)})
+    cached = tf.io.decode_raw(row["features"], tf.float16).numpy().reshape(h, w, c)
+    image = features.decode_image(tf.io.read_file(examples[row["image_id"].numpy().decode()].image))
+    assert image.shape[:2] != (64, 64)  # the resize path
+    served = backbone(backbone.preprocess(image)[None])[0].numpy().astype(np.float16)
+    # float16 rounding apart (batch size may change the convolution's summation order).
+    np.testing.assert_allclose(cached.astype(np.float32), served.astype(np.float32),
+                               rtol=2e-3, atol=1e-3 * float(np.abs(served).max()))
 
 
 def test_shards_split_across_workers(config):

@@ -111,8 +111,11 @@ class Extractor:
         fc = config.features
         self.backbone = build_backbone(fc.backbone, weights=fc.weights,
                                        input_size=fc.input_size, seed=fc.seed, layer=fc.layer)
+        # uint8 batches from resize(): normalised here, on the whole batch, rather
+        # than image by image in the input pipeline, which shares the same CPUs.
         # One trace for every full batch; the short last batch adds one more.
-        self._forward = tf.function(lambda x: tf.cast(self.backbone(x), tf.float16))
+        self._forward = tf.function(
+            lambda x: tf.cast(self.backbone(self.backbone.normalize(x)), tf.float16))
 
     def _dataset(self, examples: list[Example]) -> tf.data.Dataset:
         sources = [ex.image if isinstance(ex.image, bytes) else ex.image.encode()
@@ -121,7 +124,7 @@ class Extractor:
 
         def load(index, source, path):
             encoded = tf.cond(path, lambda: tf.io.read_file(source), lambda: source)
-            return index, self.backbone.preprocess(decode_image(encoded))
+            return index, self.backbone.resize(decode_image(encoded))
 
         ds = tf.data.Dataset.from_tensor_slices((np.arange(len(examples)), sources, is_path))
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -110,27 +110,48 @@ BACKBONES = {
 }
 
 
-def preprocess(images, spec: BackboneSpec, input_size: int) -> tf.Tensor:
+def resize(images, input_size: int) -> tf.Tensor:
     """RGB values in [0, 255] (uint8 or float), (h, w, 3|1) or (batch, h, w, 3|1),
-    any h, w -> float32 (…, input_size, input_size, 3) in the backbone's input range.
+    any h, w -> uint8 (…, input_size, input_size, 3): the image as the backbone sees it.
 
-    Pure TensorFlow (fine in tf.data.map and in a SavedModel). The resize squashes
-    rather than crops: see the module docstring for why heatmaps depend on it.
+    Squashes rather than crops (see the module docstring for why heatmaps depend
+    on it); bilinear with antialiasing, rounded back to 8 bits like any stored
+    image, so that feature extraction can batch uint8 images (a quarter of the
+    bytes of float32) and normalise whole batches in the backbone's graph.
+    Pure TensorFlow (fine in tf.data.map and in a SavedModel).
     """
-    x = tf.cast(images, tf.float32)
+    x = tf.convert_to_tensor(images)
     if x.shape[-1] == 1:
         x = tf.image.grayscale_to_rgb(x)
+    shape = x.shape
     # At scale 1 the antialiased filter is the identity: an image already at the
     # input size (pre-resized datasets, such as the Flickr8k copy in ../shared)
     # skips a full-image filter pass that costs a third of SqueezeNet's forward.
-    shape = x.shape
     same = tf.reduce_all(tf.equal(tf.shape(x)[-3:-1], input_size))
-    x = tf.cond(same, lambda: x, lambda: tf.image.resize(
-        x, (input_size, input_size), method="bilinear", antialias=True))
+
+    def to_uint8(v):
+        return v if v.dtype == tf.uint8 else tf.saturate_cast(tf.round(v), tf.uint8)
+
+    x = tf.cond(same, lambda: to_uint8(tf.cast(x, tf.float32) if x.dtype != tf.uint8 else x),
+                lambda: to_uint8(tf.image.resize(tf.cast(x, tf.float32), (input_size, input_size),
+                                                 method="bilinear", antialias=True)))
     x.set_shape(shape[:-3].concatenate([input_size, input_size, 3]))
+    return x
+
+
+def normalize(images, spec: BackboneSpec) -> tf.Tensor:
+    """resize()'s uint8 images (any batch shape) -> float32 in the backbone's input
+    range ("inception": [-1, 1]; "caffe": BGR minus the ImageNet means)."""
+    x = tf.cast(images, tf.float32)
     if spec.preprocessing == "inception":
         return x / 127.5 - 1.0
     return tf.reverse(x, axis=[-1]) - tf.constant(CAFFE_BGR_MEANS, tf.float32)
+
+
+def preprocess(images, spec: BackboneSpec, input_size: int) -> tf.Tensor:
+    """resize, then normalize: any RGB image(s) -> float32 (…, input_size,
+    input_size, 3) ready for the backbone."""
+    return normalize(resize(images, input_size), spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +168,12 @@ class Backbone:
 
     def preprocess(self, images) -> tf.Tensor:
         return preprocess(images, self.spec, self.input_size)
+
+    def resize(self, images) -> tf.Tensor:
+        return resize(images, self.input_size)
+
+    def normalize(self, images) -> tf.Tensor:
+        return normalize(images, self.spec)
 
     def cell_centres(self) -> dict:
         """{"rows": [...], "cols": [...]}: where each grid cell's receptive field is
