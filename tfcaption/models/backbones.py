@@ -193,7 +193,7 @@ def build_backbone(name: str, weights: str = "random", input_size: int = 0,
     input_size: 0 = the backbone's native size; layer: the layer whose output is
     the grid ("" = the backbone's usual one). An earlier layer has a smaller
     receptive field: random SqueezeNet's last fire module sees ~207 px, more than
-    a small image, so nothing there is local; its pool5 sees ~79 px."""
+    a small image, so nothing there is local; its fire5 sees ~63 px, pool3 ~31 px."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[name]
