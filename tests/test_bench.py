@@ -1,0 +1,18 @@
+"""The benchmarks still run (they import internals that change): smoke runs, slow suite."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_training_bench_quick_prints_its_table():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "training.py"), "--quick"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("bucketed", "grouped x5", "fixed-32 + XLA", "matmul 1024^3"):
+        assert row in out.stdout
