@@ -1,5 +1,6 @@
 """`tfcaption run`: every stage in order, and a second run that does no work."""
 
+import json
 import os
 import shutil
 
@@ -16,6 +17,10 @@ def test_run_makes_every_artifact_then_skips_each_complete_stage(tmp_path, capsy
     assert "CIDEr-D" in printed and "artifacts:" in printed
     for key in ("results", "metrics", "report"):
         assert os.path.isfile(first[key]), key
+    # Attention correctness is printed whenever a generated word named an object.
+    with open(first["metrics"]) as f:
+        scored = json.load(f)["attention_correctness"]["words"]
+    assert ("pointing" in printed) == bool(scored)
     assert os.path.isfile(os.path.join(first["SavedModel"], "saved_model.pb"))
     assert first["SavedModel"].endswith(os.path.join("tiny", "1"))
     stamps = {k: os.path.getmtime(first[k]) for k in ("metrics", "report")}

@@ -126,6 +126,11 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     for name, value in scores.get("metrics", scores).items():
         if isinstance(value, (int, float)):
             print(f"  {name:<10} {value:.4f}")
+    correctness = scores.get("attention_correctness")
+    if correctness and correctness.get("words"):
+        print(f"attention on the {correctness['words']} generated words that name a boxed "
+              f"object:\n  pointing   {correctness['pointing_accuracy']:.4f}  (chance "
+              f"{correctness['chance']:.4f})\n  mass in box {correctness['mass_in_box']:.4f}")
     print("\nartifacts:")
     for name, where in artifacts.items():
         print(f"  {name:<17} {where}")
