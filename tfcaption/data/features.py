@@ -129,7 +129,14 @@ class Extractor:
         ds = tf.data.Dataset.from_tensor_slices((np.arange(len(examples)), sources, is_path))
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.ignore_errors()
-        return ds.batch(self.config.features.batch_size).prefetch(2)
+        ds = ds.batch(self.config.features.batch_size).prefetch(2)
+        # tf.data's autotuner keeps re-optimising a pipeline whose consumer (the
+        # backbone) is the slow part, and on a 2-core machine it takes CPU from
+        # the forward pass: InceptionV3 extraction ran at 12.4 images/s with it
+        # and 22.7 without, against 23.6 for the bare forward pass.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return ds.with_options(options)
 
     def write_shards(self, jobs: list[tuple[list[Example], str]], on_shard=None) -> list[dict]:
         """Extracts each (examples, path) job into `path`.tfrecord (+ .json sidecar);
