@@ -66,12 +66,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfcaption import training  # noqa: E402
+from tfcaption.attention_correctness import slice_centres  # noqa: E402
 from tfcaption.config import (DataConfig, FeatureConfig, ModelConfig, PipelineConfig,  # noqa: E402
                               RunConfig, TrainConfig)
 from tfcaption.data import features, pipeline, sources, text  # noqa: E402
 from tfcaption.data.example import Example  # noqa: E402
 from tfcaption.models.captioner import target_mask  # noqa: E402
-from tfcaption.models.grid_geometry import uniform_centres  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 GRID = (8, 8, 2048)  # InceptionV3 at 299 px
@@ -143,9 +143,8 @@ def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[
     config = RunConfig(data=DataConfig(max_vocab=VOCAB),
                        features=FeatureConfig(cache_dir=cache_dir))
     # Random grids have no geometry: cells as equal slices (only heatmaps read it).
-    rows, cols = (c.tolist() for c in uniform_centres(*GRID[:2]))
-    features._write_manifest(config, "train", out, [name], fingerprint, examples,
-                             {"rows": rows, "cols": cols})
+    centres = {k: v.tolist() for k, v in slice_centres(*GRID[:2]).items()}
+    features._write_manifest(config, "train", out, [name], fingerprint, examples, centres)
     # The vocabulary of the whole train split, as `tfcaption extract` writes it.
     vocab = text.build_vocabulary(vocab_captions, 1, VOCAB)
     vocab += [f"<unused{i}>" for i in range(VOCAB - len(vocab))]

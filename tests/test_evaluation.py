@@ -59,7 +59,7 @@ def test_mass_in_box_counts_each_cell_by_its_covered_part():
 def test_cells_sit_at_their_receptive_field_centres():
     """SqueezeNet pool3 at 128 px: 15 cells centred at 7.5, 15.5, ... 119.5 px, not
     at the centres of 15 equal slices (4.3 ... 123.7)."""
-    centres = ((7.5 + 8 * np.arange(15)) / 128,) * 2
+    centres = {"rows": (7.5 + 8 * np.arange(15)) / 128, "cols": (7.5 + 8 * np.arange(15)) / 128}
     att = np.full((15, 15), 0.001)
     att[7, 0] = 1.0  # field centred at x = 7.5 px; the first slice's centre is 4.3 px
     box = [Box("square", 6 / 128, 0.3, 40 / 128, 0.7)]
@@ -67,7 +67,7 @@ def test_cells_sit_at_their_receptive_field_centres():
     assert ac.pointing(att, box) == 0.0
     # Cells reach halfway to their neighbours (the border ones out to the edge),
     # so they tile the image: coverage times cell area adds up to the box's area.
-    edges = ac._edges(centres[0])
+    edges = ac._edges(centres["rows"])
     assert edges[0] == 0.0 and edges[-1] == 1.0 and edges[1] * 128 == pytest.approx(11.5)
     area = np.diff(edges)[:, None] * np.diff(edges)[None, :]
     cover = ac.coverage(box, 15, 15, centres)

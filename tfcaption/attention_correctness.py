@@ -36,20 +36,27 @@ words.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
 from tfcaption.data.example import Box
 
 
-Centres = Optional[Tuple[Sequence[float], Sequence[float]]]
+Centres = Optional[Dict[str, Sequence[float]]]  # {"rows": (h,), "cols": (w,)}
 
 
-def _centres(h: int, w: int, centres: Centres) -> tuple[np.ndarray, np.ndarray]:
-    if centres is None:
-        return (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
-    rows, cols = (np.asarray(c, np.float64) for c in centres)
+def slice_centres(h: int, w: int) -> dict:
+    """Cell centres of a grid taken as equal slices of the image: the fallback
+    when the backbone's receptive-field centres are not known."""
+    return {"rows": (np.arange(h) + 0.5) / h, "cols": (np.arange(w) + 0.5) / w}
+
+
+def grid_centres(h: int, w: int, centres: Centres = None) -> tuple[np.ndarray, np.ndarray]:
+    """centres ({"rows", "cols"}, as the cache manifest and the export info hold
+    them; None: equal slices) -> (rows (h,), cols (w,)), checked against the grid."""
+    centres = centres or slice_centres(h, w)
+    rows, cols = (np.asarray(centres[k], np.float64) for k in ("rows", "cols"))
     if rows.shape != (h,) or cols.shape != (w,):
         raise ValueError(f"centres for a {len(rows)}x{len(cols)} grid, attention is {h}x{w}")
     return rows, cols
@@ -64,7 +71,7 @@ def coverage(boxes: Sequence[Box], h: int, w: int, centres: Centres = None) -> n
     """(h, w): the fraction of each cell's area inside the union of `boxes`. Exact:
     the cell edges and box edges cut the image into rectangles that are each
     wholly inside or wholly outside the union and inside one cell."""
-    rows, cols = _centres(h, w, centres)
+    rows, cols = grid_centres(h, w, centres)
     row_edges, col_edges = _edges(rows), _edges(cols)
 
     def cuts(edges, lows, highs):
@@ -89,7 +96,7 @@ def pointing(attention: np.ndarray, boxes: Sequence[Box], centres: Centres = Non
     """attention (h, w) -> 1.0 when its peak cell's centre is inside a box, else 0.0;
     tied peaks score the share of them that are inside."""
     h, w = attention.shape
-    rows, cols = _centres(h, w, centres)
+    rows, cols = grid_centres(h, w, centres)
     r, c = np.nonzero(attention == attention.max())
     cx, cy = cols[c], rows[r]
     hit = np.zeros(len(r), bool)

@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tfcaption.attention_correctness import grid_centres  # noqa: E402
+
 
 def load_rgb(image) -> np.ndarray:
     """A path, encoded bytes or an array -> (H, W, 3) uint8."""
@@ -32,24 +34,20 @@ def load_rgb(image) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def _axis_weights(centres, n: int, size: int) -> np.ndarray:
+def _axis_weights(centres: np.ndarray, size: int) -> np.ndarray:
     """(size, n): linear interpolation weights from n cell centres (fractions of the
     image) to the size pixel centres; constant beyond the outermost centres."""
-    centres = np.asarray(centres, np.float64) if centres is not None else (np.arange(n) + 0.5) / n
-    if centres.shape != (n,):
-        raise ValueError(f"{len(centres)} cell centres for an axis of {n} cells")
-    eye = np.eye(n)
+    eye = np.eye(len(centres))
     pixels = (np.arange(size) + 0.5) / size
-    return np.stack([np.interp(pixels, centres, eye[k]) for k in range(n)], axis=1)
+    return np.stack([np.interp(pixels, centres, row) for row in eye], axis=1)
 
 
 def upsample(attention: np.ndarray, height: int, width: int, centres=None) -> np.ndarray:
     """(h, w) attention -> (height, width), smooth (bilinear between cell centres),
     aligned as the module says. centres: {"rows": (h,), "cols": (w,)} or None."""
-    h, w = attention.shape
-    rows = _axis_weights(centres and centres["rows"], h, height)
-    cols = _axis_weights(centres and centres["cols"], w, width)
-    return (rows @ np.asarray(attention, np.float64) @ cols.T).astype(np.float32)
+    rows, cols = grid_centres(*attention.shape, centres)
+    return (_axis_weights(rows, height) @ np.asarray(attention, np.float64)
+            @ _axis_weights(cols, width).T).astype(np.float32)
 
 
 def word_maps(words: list[str], attention: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -86,8 +86,7 @@ def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: di
     ec, steps = config.eval, max_len(config)
     h, w, c = manifest["grid_shape"]
     vocab = np.asarray(text.load_vocabulary(pipeline.vocabulary_path(manifest)))
-    grid = manifest_centres(manifest) if boxes else None
-    centres = (grid["rows"], grid["cols"]) if grid else None
+    centres = manifest_centres(manifest) if boxes else None
 
     @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16)])
     def search(features):

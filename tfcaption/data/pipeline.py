@@ -99,18 +99,22 @@ def training_dataset(cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineCon
 
     ds = ds.flat_map(rows)
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
+    return _batch(ds, cfg, tokenizer, batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _batch(ds: tf.data.Dataset, cfg: PipelineConfig, tokenizer: text.Tokenizer, count: int,
+           rows: tuple[int, ...] = ()) -> tf.data.Dataset:
+    """Elements (grid, tokens (*rows, T)) -> batches of `count`, the tokens padded
+    to the fixed length (fixed_shapes) or to each batch's longest, batches grouped
+    by length."""
     if cfg.fixed_shapes:
-        length = max_tokens(tokenizer.max_words)
-        ds = ds.padded_batch(batch_size, padded_shapes=([None, None], [length]),
-                             drop_remainder=True)
-    else:
-        boundaries = [b for b in cfg.bucket_boundaries if b > 0]
-        ds = ds.bucket_by_sequence_length(
-            lambda grid, tokens: tf.shape(tokens)[0],
-            bucket_boundaries=boundaries,
-            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-            padded_shapes=([None, None], [None]), drop_remainder=False)
-    return ds.prefetch(tf.data.AUTOTUNE)
+        return ds.padded_batch(count, drop_remainder=True, padded_shapes=(
+            [None, None], [*rows, max_tokens(tokenizer.max_words)]))
+    boundaries = [b for b in cfg.bucket_boundaries if b > 0]
+    return ds.bucket_by_sequence_length(
+        lambda grid, tokens: tf.shape(tokens)[-1], bucket_boundaries=boundaries,
+        bucket_batch_sizes=[count] * (len(boundaries) + 1),
+        padded_shapes=([None, None], [*rows, None]), drop_remainder=False)
 
 
 def _grouped(ds: tf.data.Dataset, tokenizer: text.Tokenizer, cfg: PipelineConfig,
@@ -134,17 +138,7 @@ def _grouped(ds: tf.data.Dataset, tokenizer: text.Tokenizer, cfg: PipelineConfig
 
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=cfg.seed + 2)))
     ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
-    images = batch_size // k
-    if cfg.fixed_shapes:
-        ds = ds.padded_batch(images, padded_shapes=([None, None],
-                                                    [k, max_tokens(tokenizer.max_words)]),
-                             drop_remainder=True)
-    else:
-        boundaries = [b for b in cfg.bucket_boundaries if b > 0]
-        ds = ds.bucket_by_sequence_length(
-            lambda grid, tokens: tf.shape(tokens)[1], bucket_boundaries=boundaries,
-            bucket_batch_sizes=[images] * (len(boundaries) + 1),
-            padded_shapes=([None, None], [k, None]), drop_remainder=False)
+    ds = _batch(ds, cfg, tokenizer, batch_size // k, rows=(k,))
     return ds.map(lambda grids, tokens: (grids, tf.reshape(tokens, [-1, tf.shape(tokens)[2]])))
 
 

@@ -132,7 +132,7 @@ def resize(images, input_size: int) -> tf.Tensor:
     def to_uint8(v):
         return v if v.dtype == tf.uint8 else tf.saturate_cast(tf.round(v), tf.uint8)
 
-    x = tf.cond(same, lambda: to_uint8(tf.cast(x, tf.float32) if x.dtype != tf.uint8 else x),
+    x = tf.cond(same, lambda: to_uint8(x),
                 lambda: to_uint8(tf.image.resize(tf.cast(x, tf.float32), (input_size, input_size),
                                                  method="bilinear", antialias=True)))
     x.set_shape(shape[:-3].concatenate([input_size, input_size, 3]))

@@ -91,8 +91,3 @@ def cell_centres(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
                          f"{tuple(model.output.shape[1:3])}")
     return (sy + jy * np.arange(ny)) / height, (sx + jx * np.arange(nx)) / width
 
-
-def uniform_centres(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cell centres of a grid that divides the image into equal slices (used when
-    the geometry is not known, e.g. a SavedModel exported before it was recorded)."""
-    return (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
