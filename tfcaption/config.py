@@ -92,6 +92,10 @@ class ModelConfig:
     # Initial GRU state from the mean feature (Show, Attend and Tell). False: a
     # learned constant, so every word must find its evidence by attending.
     init_from_features: bool = True
+    position_embedding: bool = False  # a learned vector per grid location
+    # 1: project each location alone; k > 1: a k x k convolution over the grid,
+    # so the decoder can learn detectors that span neighbouring cells.
+    feature_kernel: int = 1
 
 
 @dataclasses.dataclass

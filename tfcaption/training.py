@@ -90,7 +90,8 @@ def dtype_policy(name: str):
 def build_decoder(config: RunConfig, vocab_size: int, grid_shape) -> GRUDecoder:
     """A decoder with its variables created (so checkpoints restore into them)."""
     with dtype_policy(config.train.mixed_precision):
-        decoder = GRUDecoder.from_config_dataclass(config.model, vocab_size)
+        decoder = GRUDecoder.from_config_dataclass(config.model, vocab_size,
+                                                   grid_shape=grid_shape)
     h, w, c = grid_shape
     decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
     return decoder

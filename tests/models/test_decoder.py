@@ -38,8 +38,16 @@ def test_attention_sums_to_one_over_locations():
     assert layer.get_config()["units"] == 8
 
 
-def test_step_matches_teacher_forcing_and_has_static_contract():
-    decoder = tiny_decoder()
+VARIANTS = {
+    "show_attend_tell": {},
+    "conv_and_positions": {"feature_kernel": 3, "grid_shape": (3, 3, CHANNELS),
+                           "position_embedding": True},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_step_matches_teacher_forcing_and_has_static_contract(variant):
+    decoder = tiny_decoder(**VARIANTS[variant])
     features, tokens = batch()
     logits, alphas = decoder.teacher_forced(features, tokens)
     values, keys, state = decoder.encode(features)
@@ -140,3 +148,34 @@ def test_get_config_round_trips():
     config = decoder.get_config()
     assert config["gate"] is False and config["units"] == 8
     assert GRUDecoder.from_config(config).vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("kernel, reach", [(1, {(0, 0)}), (3, {(0, 0), (0, 1), (1, 0), (1, 1)})])
+def test_feature_kernel_spans_neighbouring_cells(kernel, reach):
+    h = w = 5
+    decoder = GRUDecoder(vocab_size=VOCAB, embedding_dim=8, units=8, attention_units=8,
+                         feature_dim=8, dropout=0.0, feature_kernel=kernel, grid_shape=(h, w))
+    features = tf.random.stateless_normal([1, h * w, CHANNELS], [0, 1])
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        values, _, _ = decoder.encode(features)
+        corner = tf.reduce_sum(values[:, 0] * tf.range(1.0, 9.0))
+    support = np.abs(tape.gradient(corner, features).numpy()[0]).sum(-1).reshape(h, w) > 0
+    assert set(zip(*np.nonzero(support))) == reach
+    with pytest.raises(ValueError, match="grid"):
+        GRUDecoder(vocab_size=VOCAB, feature_kernel=3)
+
+
+def test_position_embedding_tells_identical_cells_apart():
+    features = tf.ones([2, LOCATIONS, CHANNELS]) * tf.range(CHANNELS, dtype=tf.float32)
+    for positions, uniform in ((False, True), (True, False)):
+        decoder = tiny_decoder(position_embedding=positions)
+        values, keys, state = decoder.encode(features)
+        _, _, alpha = decoder.step(tf.constant([1, 1]), state, values, keys)
+        assert np.allclose(alpha.numpy(), 1 / LOCATIONS, atol=1e-7) == uniform
+
+
+def test_variant_config_round_trips():
+    decoder = tiny_decoder(**VARIANTS["conv_and_positions"])
+    clone = GRUDecoder.from_config(decoder.get_config())
+    assert (clone.feature_kernel, clone.grid_shape, clone.position_embedding) == (3, (3, 3), True)

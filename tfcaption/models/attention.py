@@ -37,3 +37,20 @@ class BahdanauAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+class LocationEmbedding(keras.layers.Layer):
+    """Adds a learned vector per grid location to (batch, locations, channels).
+
+    Features from a backbone's interior carry little of where they are (a
+    convolution is translation-equivariant), yet captions say "left of" and
+    "in the top right"; this gives every location its own address.
+    """
+
+    def build(self, input_shape):
+        self.table = self.add_weight(
+            name="table", shape=(input_shape[-2], input_shape[-1]),
+            initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def call(self, values):
+        return values + tf.cast(self.table, values.dtype)

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from tfcaption.config import ModelConfig
-from tfcaption.models.attention import BahdanauAttention
+from tfcaption.models.attention import BahdanauAttention, LocationEmbedding
 
 
 class GRUDecoder(keras.Model):
@@ -23,7 +23,9 @@ class GRUDecoder(keras.Model):
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, units: int = 512,
                  attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
-                 gate: bool = True, init_from_features: bool = True, **kwargs):
+                 gate: bool = True, init_from_features: bool = True,
+                 position_embedding: bool = False, feature_kernel: int = 1, grid_shape=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -33,10 +35,21 @@ class GRUDecoder(keras.Model):
         self.dropout_rate = dropout
         self.gate = gate
         self.init_from_features = init_from_features
+        if feature_kernel > 1 and not grid_shape:
+            raise ValueError("feature_kernel > 1 needs the grid's (height, width)")
+        self.position_embedding = position_embedding
+        self.feature_kernel = feature_kernel
+        self.grid_shape = tuple(grid_shape[:2]) if grid_shape else None
         # Raw backbone scales differ by orders of magnitude (random weights give
         # ~1e-3, ImageNet VGG ~1e2): normalise each location's channels first.
         self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
-        self.feature_proj = keras.layers.Dense(feature_dim, activation="relu", name="feature_proj")
+        if feature_kernel > 1:
+            self.feature_proj = keras.layers.Conv2D(feature_dim, feature_kernel, padding="same",
+                                                    activation="relu", name="feature_proj")
+        else:
+            self.feature_proj = keras.layers.Dense(feature_dim, activation="relu",
+                                                   name="feature_proj")
+        self.positions = LocationEmbedding(name="positions") if position_embedding else None
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.init_state = keras.layers.Dense(units, activation="tanh", name="init_state")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
@@ -53,19 +66,31 @@ class GRUDecoder(keras.Model):
         return cls(vocab_size=vocab_size, embedding_dim=cfg.embedding_dim, units=cfg.units,
                    attention_units=cfg.attention_units, feature_dim=cfg.feature_dim,
                    dropout=cfg.dropout, gate=cfg.gate,
-                   init_from_features=cfg.init_from_features, **kwargs)
+                   init_from_features=cfg.init_from_features,
+                   position_embedding=cfg.position_embedding,
+                   feature_kernel=cfg.feature_kernel, **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size,
                 "embedding_dim": self.embedding_dim, "units": self.units,
                 "attention_units": self.attention_units, "feature_dim": self.feature_dim,
                 "dropout": self.dropout_rate, "gate": self.gate,
-                "init_from_features": self.init_from_features}
+                "init_from_features": self.init_from_features,
+                "position_embedding": self.position_embedding,
+                "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape}
 
     def encode(self, features, training=False):
         """features (batch, locations, channels) -> values (batch, locations, feature_dim),
         keys (batch, locations, attention_units), initial state (batch, units)."""
-        values = self.feature_proj(self.feature_norm(features))
+        features = self.feature_norm(features)
+        if self.feature_kernel > 1:  # a convolution over the grid, back to locations
+            h, w = self.grid_shape
+            grid = tf.reshape(features, [-1, h, w, features.shape[-1]])
+            values = tf.reshape(self.feature_proj(grid), [-1, h * w, self.feature_dim])
+        else:
+            values = self.feature_proj(features)
+        if self.positions is not None:
+            values = self.positions(values)
         values = self.drop(values, training=training)
         keys = self.attention.keys(values)
         mean = tf.reduce_mean(values, axis=1)
