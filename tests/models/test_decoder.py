@@ -101,8 +101,9 @@ def test_graph_step_equals_eager_step():
                                    tf.convert_to_tensor(b).numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_step_compiles_with_xla():
-    decoder = tiny_decoder()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_step_compiles_with_xla(variant):
+    decoder = tiny_decoder(**VARIANTS[variant])
     features, tokens = batch()
     eager_loss, _ = loss_and_grads(decoder, features, tokens)
     compiled = tf.function(lambda f, t: loss_and_grads(decoder, f, t), jit_compile=True)
