@@ -57,6 +57,19 @@ def test_training_runs_validates_and_keeps_best(cached):
     assert again["step"] == summary["step"] and again["stopped"] == "complete"
 
 
+def test_restoring_under_other_model_options_is_refused(cached):
+    """A checkpoint without the location table must not restore into a decoder
+    that has one, leaving it at its random init."""
+    from tfcaption.export import restore_decoder
+    config = fresh(cached, "run1")
+    if not os.path.exists(cached / "run1" / "finished.json"):
+        training.train(config, progress=False)
+    assert restore_decoder(config)[0].positions is None
+    config.model.position_embedding = True
+    with pytest.raises(ValueError, match="other model options"):
+        restore_decoder(config)
+
+
 def one_step_loss(config, strategy):
     """The reduced loss of the first step, from the same initial weights."""
     tf.keras.utils.set_random_seed(1)

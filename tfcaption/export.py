@@ -119,7 +119,14 @@ def restore_decoder(config: RunConfig, checkpoint: str | None = None):
     float32 = dataclasses.replace(
         config, train=dataclasses.replace(config.train, mixed_precision=""))
     decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])
-    tf.train.Checkpoint(decoder=decoder).restore(checkpoint).expect_partial()
+    status = tf.train.Checkpoint(decoder=decoder).restore(checkpoint)
+    try:  # a weight the checkpoint lacks would otherwise stay at its random init
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(f"{checkpoint} does not hold every weight of the decoder that "
+                         f"config.model describes (trained with other model options?): "
+                         f"{e}") from None
+    status.expect_partial()  # the optimizer's slots are in the checkpoint, not needed
     return decoder, tokenizer, manifest, checkpoint
 
 
