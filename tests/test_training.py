@@ -199,3 +199,7 @@ def test_two_worker_multiworker_mirrored_on_localhost(cached):
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     assert all('"stopped": "complete"' in out for out in outputs)
+    # Only the chief writes into the shared train_dir (best.json once raced).
+    run = cached / "multiworker"
+    assert len(os.listdir(run / "logs")) == 1
+    assert json.load(open(run / "best.json"))["step"] > 0

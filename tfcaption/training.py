@@ -270,7 +270,9 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
                                    repeat=True).skip(start_step)
     dist = iter(trainer.strategy.experimental_distribute_dataset(ds))
     step_fn = make_step(trainer)
-    writer = tf.summary.create_file_writer(os.path.join(tc.train_dir, "logs"))
+    # One set of curves: other workers log nothing (they share train_dir).
+    writer = tf.summary.create_file_writer(os.path.join(tc.train_dir, "logs")) \
+        if _is_chief(trainer.strategy) else tf.summary.create_noop_writer()
     begun, stopped = time.perf_counter(), "complete"
     tokens_seen, window_start = 0.0, time.perf_counter()
     bar = None
@@ -352,9 +354,10 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
         state["best_metric"].assign(scores["CIDEr-D"])
         state["bad_epochs"].assign(0)
         trainer.best.save(checkpoint_number=step)
-        write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
-                    {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
-                                                      if k != "samples"}})
+        if _is_chief(trainer.strategy):  # workers share train_dir: one writer, no race
+            write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
+                       {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
+                                                         if k != "samples"}})
     else:
         state["bad_epochs"].assign_add(1)
     # After validation, so the counters above are in the checkpoint too.
