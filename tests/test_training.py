@@ -68,6 +68,8 @@ def test_restoring_under_other_model_options_is_refused(cached):
     config.model.position_embedding = True
     with pytest.raises(ValueError, match="other model options"):
         restore_decoder(config)
+    with pytest.raises(ValueError, match="other model options"):  # resuming training
+        training.train(config, progress=False)
 
 
 def one_step_loss(config, strategy):

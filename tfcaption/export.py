@@ -111,7 +111,7 @@ class CaptionModule(tf.Module):
 def restore_decoder(config: RunConfig, checkpoint: str | None = None):
     """The trained decoder (float32) from the best checkpoint (else the latest),
     with its tokenizer and the cache manifest."""
-    from tfcaption.training import build_decoder, chosen_checkpoint
+    from tfcaption.training import build_decoder, chosen_checkpoint, restore_checked
 
     manifest = load_manifest(config.features.cache_dir, "train")
     tokenizer = text.Tokenizer(vocabulary_path(manifest), config.data.max_caption_words)
@@ -119,14 +119,8 @@ def restore_decoder(config: RunConfig, checkpoint: str | None = None):
     float32 = dataclasses.replace(
         config, train=dataclasses.replace(config.train, mixed_precision=""))
     decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])
-    status = tf.train.Checkpoint(decoder=decoder).restore(checkpoint)
-    try:  # a weight the checkpoint lacks would otherwise stay at its random init
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ValueError(f"{checkpoint} does not hold every weight of the decoder that "
-                         f"config.model describes (trained with other model options?): "
-                         f"{e}") from None
-    status.expect_partial()  # the optimizer's slots are in the checkpoint, not needed
+    # expect_partial: the optimizer's slots are in the checkpoint, not needed here.
+    restore_checked(tf.train.Checkpoint(decoder=decoder), checkpoint).expect_partial()
     return decoder, tokenizer, manifest, checkpoint
 
 

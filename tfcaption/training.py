@@ -253,7 +253,9 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     from the latest checkpoint in train_dir. Returns a summary dict."""
     trainer = make_trainer(config, strategy)
     tc = config.train
-    restored = trainer.latest.restore_or_initialize()
+    restored = trainer.latest.latest_checkpoint
+    if restored:
+        restore_checked(trainer.latest.checkpoint, restored)
     step_var = trainer.state["step"]
     start_step = int(step_var.numpy())
     if restored:
@@ -363,6 +365,20 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
     # After validation, so the counters above are in the checkpoint too.
     trainer.latest.save(checkpoint_number=step)
     return int(state["bad_epochs"].numpy()) >= trainer.config.train.patience
+
+
+def restore_checked(checkpoint: tf.train.Checkpoint, path: str):
+    """Restores path into checkpoint's objects; raises when one of their weights
+    is not in it (a run trained with other model options), which a plain
+    restore would leave at its initial value without a word."""
+    try:  # ValueError: a weight whose shape changed, or one matched to another's slot
+        status = checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(f"{path} does not hold every weight of the decoder that "
+                         f"config.model describes (trained with other model options?): "
+                         f"{e}") from None
+    return status
 
 
 def chosen_checkpoint(train_dir: str, checkpoint: str | None = None) -> str:
