@@ -253,13 +253,12 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     from the latest checkpoint in train_dir. Returns a summary dict."""
     trainer = make_trainer(config, strategy)
     tc = config.train
+    step_var = trainer.state["step"]
     restored = trainer.latest.latest_checkpoint
     if restored:
         restore_checked(trainer.latest.checkpoint, restored)
-    step_var = trainer.state["step"]
+        log.info("resumed from %s at step %d", restored, int(step_var.numpy()))
     start_step = int(step_var.numpy())
-    if restored:
-        log.info("resumed from %s at step %d", restored, start_step)
     finished = _read_finished(tc.train_dir)
     if start_step >= trainer.total_steps or (
             finished and finished["total_steps"] == trainer.total_steps):
