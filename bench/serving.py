@@ -49,7 +49,7 @@ from tfcaption.data.pipeline import max_tokens  # noqa: E402
 from tfcaption.data.text import END_ID  # noqa: E402
 from tfcaption.models.backbones import BACKBONES, build_backbone  # noqa: E402
 from tfcaption.pipelines import load_pipeline  # noqa: E402
-from tfcaption.training import build_decoder  # noqa: E402
+from tfcaption.models.build import build_decoder  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfcaption import attention_correctness as ac
-from tfcaption import evaluation, export, report, training
+from tfcaption import checkpoints, evaluation, export, report, training
 from tfcaption.cli import main
 from tfcaption.config import (DataConfig, EvalConfig, FeatureConfig, ModelConfig,
                               PipelineConfig, RunConfig, TrainConfig)
@@ -156,7 +156,7 @@ def test_evaluate_writes_coco_results_and_metrics_then_skips(trained, monkeypatc
     assert set(stored["metrics"]) >= METRICS
     assert all(0.0 <= v <= 10.0 for v in stored["metrics"].values())
     assert stored["split"] == "test" and stored["beam"] == 2 and stored["count"] == 8
-    assert stored["checkpoint"] == training.chosen_checkpoint(config.train.train_dir)
+    assert stored["checkpoint"] == checkpoints.chosen_checkpoint(config.train.train_dir)
     assert set(stored["attention_correctness"]) == CORRECTNESS
     if "SPICE" not in stored["metrics"]:
         assert any("SPICE" in note for note in stored["notes"])
@@ -173,7 +173,7 @@ def test_attention_correctness_sees_every_generated_word_with_its_own_map(traine
     the vocabulary: each generated word (not <end>) is scored, and hits."""
     config = tiny_synthetic(trained)
     config.eval.beam_size = 1
-    decoder, tokenizer, manifest, _ = export.restore_decoder(config)
+    decoder, tokenizer, manifest, _ = checkpoints.restore_decoder(config)
     vocab = text.load_vocabulary(evaluation.pipeline.vocabulary_path(manifest))
     everywhere = tuple(Box(word, 0.0, 0.0, 1.0, 1.0) for word in vocab)
     ids = [ex.image_id for ex in sources.load_examples(config.data, "test")]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption import cli, decoding, export, serving, training
+from tfcaption import checkpoints, cli, decoding, export, serving, training
 from tfcaption.data import features
 from tfcaption.data.pipeline import max_tokens
 from tfcaption.models.backbones import build_backbone
@@ -64,7 +64,7 @@ def eager(exported):
     """What the code in this process computes from the checkpoint: the cache's
     image decoding and preprocessing, the backbone, decoding.beam / greedy."""
     config, info = exported.config, exported.info
-    decoder, tokenizer, _, _ = export.restore_decoder(config)
+    decoder, tokenizer, _, _ = checkpoints.restore_decoder(config)
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
                               seed=fc.seed)

@@ -60,7 +60,7 @@ def test_training_runs_validates_and_keeps_best(cached):
 def test_restoring_under_other_model_options_is_refused(cached):
     """A checkpoint without the location table must not restore into a decoder
     that has one, leaving it at its random init."""
-    from tfcaption.export import restore_decoder
+    from tfcaption.checkpoints import restore_decoder
     config = fresh(cached, "run1")
     if not os.path.exists(cached / "run1" / "finished.json"):
         training.train(config, progress=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfcaption.data.text import END_ID, PAD_ID, START_ID, UNK_ID
+from tfcaption.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
 NEVER_EMITTED = (PAD_ID, START_ID, UNK_ID)
 _NEG = -1e9  # "impossible" without inf - inf = NaN

@@ -142,8 +142,8 @@ def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str |
     """Decodes `split_role` (default config.eval.split) with beam config.eval.beam_size,
     scores it and writes results.json and metrics.json; returns the metrics.json dict.
     Already done for the same checkpoint, split and search: returns what is stored."""
-    from tfcaption.export import restore_decoder
-    from tfcaption.training import chosen_checkpoint
+    from tfcaption.checkpoints import restore_decoder
+    from tfcaption.checkpoints import chosen_checkpoint
 
     split = split_role or config.eval.split
     checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)

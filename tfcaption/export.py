@@ -9,7 +9,6 @@ TF Serving binary runs it with no Python and no tensorflow-text kernels.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ import types
 import tensorflow as tf
 
 from tfcaption import decoding
+from tfcaption.checkpoints import restore_decoder
 from tfcaption.config import RunConfig
 from tfcaption.data import text
-from tfcaption.data.features import load_manifest
-from tfcaption.data.pipeline import max_tokens, vocabulary_path
+from tfcaption.data.pipeline import max_tokens
 from tfcaption.models.backbones import build_backbone
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG"
@@ -106,22 +105,6 @@ class CaptionModule(tf.Module):
             "scores": scores,
             "attention": tf.reshape(attention, [-1, self.max_len, h, w]),
         }
-
-
-def restore_decoder(config: RunConfig, checkpoint: str | None = None):
-    """The trained decoder (float32) from the best checkpoint (else the latest),
-    with its tokenizer and the cache manifest."""
-    from tfcaption.training import build_decoder, chosen_checkpoint, restore_checked
-
-    manifest = load_manifest(config.features.cache_dir, "train")
-    tokenizer = text.Tokenizer(vocabulary_path(manifest), config.data.max_caption_words)
-    checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
-    float32 = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, mixed_precision=""))
-    decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])
-    # expect_partial: the optimizer's slots are in the checkpoint, not needed here.
-    restore_checked(tf.train.Checkpoint(decoder=decoder), checkpoint).expect_partial()
-    return decoder, tokenizer, manifest, checkpoint
 
 
 def next_version(model_dir: str) -> int:

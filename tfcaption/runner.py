@@ -93,7 +93,7 @@ def export_stage(config: RunConfig, checkpoint: str) -> str:
 
 def run(config: RunConfig, progress: bool = True) -> dict:
     """All stages; returns where each artifact went."""
-    from tfcaption import evaluation, report, training
+    from tfcaption import checkpoints, evaluation, report, training
     from tfcaption.data import features
 
     world = prepare_source(config)
@@ -105,7 +105,7 @@ def run(config: RunConfig, progress: bool = True) -> dict:
 
     summary = training.train(config, progress=progress)
     print(f"training: {json.dumps(summary)}")
-    checkpoint = training.chosen_checkpoint(config.train.train_dir)
+    checkpoint = checkpoints.chosen_checkpoint(config.train.train_dir)
 
     scores = evaluation.evaluate(config, checkpoint=checkpoint, progress=progress)
     model_path = export_stage(config, checkpoint)

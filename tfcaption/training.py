@@ -9,7 +9,6 @@ every worker of a multi-worker run takes the same number of steps.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +25,8 @@ from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
 from tfcaption.data.features import load_manifest, write_json
 from tfcaption.models.captioner import caption_loss
+from tfcaption.checkpoints import restore_checked
+from tfcaption.models.build import build_decoder
 from tfcaption.models.decoder import GRUDecoder
 
 log = logging.getLogger("tfcaption.train")
@@ -74,27 +75,6 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"peak": self.peak, "warmup": self.warmup, "total": self.total,
                 "floor": self.floor}
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Keras 3 reads the policy when a layer is built; set it for the build only."""
-    before = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name or "float32")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(before)
-
-
-def build_decoder(config: RunConfig, vocab_size: int, grid_shape) -> GRUDecoder:
-    """A decoder with its variables created (so checkpoints restore into them)."""
-    with dtype_policy(config.train.mixed_precision):
-        decoder = GRUDecoder.from_config_dataclass(config.model, vocab_size,
-                                                   grid_shape=grid_shape)
-    h, w, c = grid_shape
-    decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
-    return decoder
 
 
 def steps_per_epoch(config: RunConfig, manifest: dict) -> int:
@@ -364,30 +344,6 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
     # After validation, so the counters above are in the checkpoint too.
     trainer.latest.save(checkpoint_number=step)
     return int(state["bad_epochs"].numpy()) >= trainer.config.train.patience
-
-
-def restore_checked(checkpoint: tf.train.Checkpoint, path: str):
-    """Restores path into checkpoint's objects; raises when one of their weights
-    is not in it (a run trained with other model options), which a plain
-    restore would leave at its initial value without a word."""
-    try:  # ValueError: a weight whose shape changed, or one matched to another's slot
-        status = checkpoint.restore(path)
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-        raise ValueError(f"{path} does not hold every weight of the decoder that "
-                         f"config.model describes (trained with other model options?): "
-                         f"{e}") from None
-    return status
-
-
-def chosen_checkpoint(train_dir: str, checkpoint: str | None = None) -> str:
-    """What evaluation and export use: `checkpoint` if given, else the best (by
-    validation CIDEr-D), else the latest."""
-    found = checkpoint or tf.train.latest_checkpoint(os.path.join(train_dir, "best")) \
-        or tf.train.latest_checkpoint(os.path.join(train_dir, "latest"))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {train_dir}; run `tfcaption train` first")
-    return found
 
 
 def _summary(trainer: Trainer, stopped: str) -> dict:

@@ -20,9 +20,8 @@ import os
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIALS = (PAD, START, END, UNK)
-PAD_ID, START_ID, END_ID, UNK_ID = range(4)
+from tfcaption.tokens import (END, END_ID, PAD, PAD_ID, SPECIALS, START,  # noqa: F401
+                              START_ID, UNK, UNK_ID)
 
 _CLITICS = r"('s|'re|'ve|'ll|'d|'m|n't)\b"
 

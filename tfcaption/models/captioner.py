@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfcaption.data.text import END_ID
+from tfcaption.tokens import END_ID
 
 
 def target_mask(targets: tf.Tensor) -> tf.Tensor:

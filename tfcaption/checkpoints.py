@@ -1,0 +1,61 @@
+"""Checkpoints: restore with a check, the checkpoint a stage uses, the trained decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfcaption import io
+from tfcaption.config import RunConfig
+from tfcaption.data import text
+from tfcaption.data.features import load_manifest
+from tfcaption.data.pipeline import vocabulary_path
+from tfcaption.models.build import build_decoder
+
+
+def restore_checked(checkpoint: tf.train.Checkpoint, path: str):
+    """Restores path into checkpoint's objects; raises when one of their weights
+    is not in it (a run trained with other model options), which a plain
+    restore would leave at its initial value without a word."""
+    try:  # ValueError: a weight whose shape changed, or one matched to another's slot
+        status = checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(f"{path} does not hold every weight of the decoder that "
+                         f"config.model describes (trained with other model options?): "
+                         f"{e}") from None
+    return status
+
+
+def chosen_checkpoint(train_dir: str, checkpoint: str | None = None) -> str:
+    """What evaluation and export use: `checkpoint` if given, else the best (by
+    validation CIDEr-D), else the latest."""
+    found = checkpoint or tf.train.latest_checkpoint(io.join(train_dir, "best")) \
+        or tf.train.latest_checkpoint(io.join(train_dir, "latest"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {train_dir}; run `tfcaption train` first")
+    return found
+
+
+def checkpoint_digest(path: str) -> str:
+    """A key for a checkpoint's content (its index and data files), not its
+    name: a retrain after `make clean` writes the same name with other weights."""
+    files = sorted(io.gfile.glob(f"{path}.*"))
+    if not files:
+        raise FileNotFoundError(f"checkpoint {path} has no files")
+    return io.digest_files(files)
+
+
+def restore_decoder(config: RunConfig, checkpoint: str | None = None):
+    """The trained decoder (float32) from the best checkpoint (else the latest),
+    with its tokenizer and the cache manifest."""
+    manifest = load_manifest(config.features.cache_dir, "train")
+    tokenizer = text.Tokenizer(vocabulary_path(manifest), config.data.max_caption_words)
+    checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
+    float32 = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, mixed_precision=""))
+    decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])
+    # expect_partial: the optimizer's slots are in the checkpoint, not needed here.
+    restore_checked(tf.train.Checkpoint(decoder=decoder), checkpoint).expect_partial()
+    return decoder, tokenizer, manifest, checkpoint

@@ -1,0 +1,108 @@
+"""Every file tfcaption reads or writes goes through TensorFlow's filesystem.
+
+`tf.io.gfile` speaks local paths, `gs://` (Cloud Storage, where TPU users keep
+caches and checkpoints), `ram://` (in-memory, used by the tests) and whatever
+else TensorFlow has a plugin for. `os.path` and `open` speak only the first.
+
+Writes are atomic: a reader sees the old file or the whole new one, never half.
+The temporary name carries the host and process id, so two workers writing
+the same file at once (two `extract --shard` machines, two training workers)
+never write into each other's temporary file. Cloud Storage renames a single
+object atomically; a folder "rename" there is a copy, so a SavedModel version is
+published by writing a marker file last (see `publish_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+
+import tensorflow as tf
+
+gfile = tf.io.gfile
+
+
+def join(*parts: str) -> str:
+    """os.path.join that keeps a URL scheme ("gs://b/x") intact."""
+    return os.path.join(*parts)
+
+
+def exists(path: str) -> bool:
+    return gfile.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return gfile.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    gfile.makedirs(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Names in a folder (no trailing slashes, which gs:// listings carry)."""
+    return [name.rstrip("/") for name in gfile.listdir(path)] if gfile.isdir(path) else []
+
+
+def remove(path: str) -> None:
+    if gfile.exists(path):
+        gfile.remove(path)
+
+
+def rmtree(path: str) -> None:
+    if gfile.exists(path):
+        gfile.rmtree(path)
+
+
+def temp_name(path: str) -> str:
+    """A temporary sibling of `path` that no other process uses."""
+    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def read_bytes(path: str) -> bytes:
+    with gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def read_json(path: str):
+    return json.loads(read_text(path))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Atomic write: under a per-process temporary name, then renamed."""
+    parent = os.path.dirname(path)
+    if parent:
+        gfile.makedirs(parent)
+    tmp = temp_name(path)
+    with gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    gfile.rename(tmp, path, overwrite=True)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def digest_files(paths: list[str]) -> str:
+    """sha1 over the named files' bytes (in the given order): a content key."""
+    digest = hashlib.sha1()
+    for path in paths:
+        with gfile.GFile(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def versions(model_dir: str) -> list[int]:
+    """The numbered versions under saved_models/<name>/, oldest first."""
+    return sorted(int(name) for name in listdir(model_dir) if name.isdigit())
