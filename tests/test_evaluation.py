@@ -103,7 +103,7 @@ def tiny_synthetic(root: pathlib.Path) -> RunConfig:
         data=DataConfig(source="synthetic", root=str(root / "world"), max_caption_words=12),
         features=FeatureConfig(backbone="squeezenet", weights="random", input_size=96,
                                cache_dir=str(root / "cache"), batch_size=8, shard_size=8),
-        pipeline=PipelineConfig(batch_size=8, shuffle_buffer=16, bucket_boundaries=(6,)),
+        pipeline=PipelineConfig(batch_size=8, shuffle_window=16, bucket_boundaries=(6,)),
         # The demo's decoder (pipelines/synthetic.py): a 3x3 projection and a
         # learned embedding per location, through evaluation, export and report.
         model=ModelConfig(embedding_dim=8, units=8, attention_units=8, feature_dim=8,

@@ -64,19 +64,25 @@ class FeatureConfig:
 class PipelineConfig:
     """How the feature cache becomes training batches."""
 
-    batch_size: int = 64
-    shuffle_buffer: int = 4096
-    # Fixed shapes for TPU/XLA: every batch padded to max_caption_words + 2
-    # tokens, and the last short batch dropped.
-    fixed_shapes: bool = False
+    batch_size: int = 64  # the global batch, split among replicas
+    # Rows are shuffled within windows of this many images (whole shards); an
+    # epoch visits the windows in a seeded order. A streamed cache holds one
+    # window in memory at a time.
+    shuffle_window: int = 4096
+    # Token lengths (with <start> and <end>) batches are padded to; one more at
+    # max_caption_words + 2 is always added. Every batch has batch_size rows and
+    # one of these lengths, so the train step traces once per boundary.
     bucket_boundaries: tuple[int, ...] = (8, 12, 16, 20)
+    # One length for every batch (max_caption_words + 2): one trace in all,
+    # what steps_per_execution > 1 on a TPU needs.
+    fixed_shapes: bool = False
     # 0: rows are (image, caption) pairs, every caption once per epoch. K > 0:
     # each batch holds batch_size / K images with K of their captions each
     # (drawn afresh every epoch; repeated when an image has fewer), so the
     # decoder encodes each image once for K captions ("seq_per_img").
     captions_per_image: int = 0
     cache_in_memory: bool = True
-    seed: int = 0
+    seed: int = 0  # the data order
 
 
 @dataclasses.dataclass

@@ -212,6 +212,9 @@ class Extractor:
                 log.warning("skipped %s: %s", where, reason)
                 skipped.append({"image_id": ex.image_id, "path": where, "error": reason})
         sidecar = {"count": len(done), "image_ids": [examples[i].image_id for i in done],
+                   # What the training plan needs to count a window's rows
+                   # without reading its records.
+                   "caption_counts": [len(examples[i].captions) for i in done],
                    "skipped": skipped}
         write_json(f"{path}.json", sidecar)
         os.replace(f"{path}.tfrecord.tmp", f"{path}.tfrecord")
