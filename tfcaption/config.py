@@ -126,6 +126,10 @@ class TrainConfig:
     tpu: str = ""  # TPU name or address for strategy="tpu" ("" = the local TPU VM)
     mixed_precision: str = ""
     jit_compile: bool = False
+    # Train steps run inside one tf.function call (Keras' meaning): fewer host
+    # round trips on accelerators. Logging, checkpoints and validation keep
+    # their step cadence (a call never crosses one of their boundaries).
+    steps_per_execution: int = 1
     checkpoint_every: int = 500  # steps; an epoch's end always checkpoints
     keep_checkpoints: int = 3
     patience: int = 5  # epochs without a better validation CIDEr-D before stopping

@@ -230,7 +230,9 @@ def replica_slices(ds: tf.data.Dataset, replicas: int, mine: range) -> tf.data.D
     order: replica r gets rows [r n, (r + 1) n) of every tensor (n = rows /
     replicas), so grouped batches keep whole images with their captions."""
     def split(*tensors):
-        parts = [tf.reshape(t, [replicas, t.shape[0] // replicas, *t.shape[1:]])
+        # At most one unknown dimension (the tokens' length): -1 stands for it.
+        parts = [tf.reshape(t, [replicas, t.shape[0] // replicas,
+                                *(-1 if d is None else d for d in t.shape[1:])])
                  [mine.start:mine.stop] for t in tensors]
         return tf.data.Dataset.from_tensor_slices(tuple(parts))
 
