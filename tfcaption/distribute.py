@@ -76,6 +76,6 @@ def agree(strategy, flag: bool) -> bool:
         return bool(flag)
     value = tf.constant(1.0 if flag else 0.0)
     per_replica = strategy.run(
-        lambda v: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MAX, v),
+        lambda v: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v),
         args=(value,))
     return bool(strategy.experimental_local_results(per_replica)[0].numpy() > 0)
