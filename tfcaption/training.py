@@ -10,7 +10,6 @@ every worker of a multi-worker run takes the same number of steps.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -20,10 +19,10 @@ import time
 import keras
 import tensorflow as tf
 
-from tfcaption import decoding, metrics
+from tfcaption import decoding, io, metrics
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
-from tfcaption.data.features import load_manifest, write_json
+from tfcaption.data.features import load_manifest
 from tfcaption.models.captioner import caption_loss
 from tfcaption.checkpoints import restore_checked
 from tfcaption.models.build import build_decoder
@@ -303,7 +302,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     writer.flush()
     summary = _summary(trainer, stopped=stopped)
     if _is_chief(trainer.strategy):
-        write_json(os.path.join(tc.train_dir, FINISHED), summary)
+        io.write_json(os.path.join(tc.train_dir, FINISHED), summary)
     return summary
 
 
@@ -313,10 +312,7 @@ FINISHED = "finished.json"
 def _read_finished(train_dir: str) -> dict | None:
     """The summary a run leaves when it ends on its own (not when killed)."""
     path = os.path.join(train_dir, FINISHED)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return io.read_json(path) if io.exists(path) else None
 
 
 def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
@@ -336,7 +332,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
         state["bad_epochs"].assign(0)
         trainer.best.save(checkpoint_number=step)
         if _is_chief(trainer.strategy):  # workers share train_dir: one writer, no race
-            write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
+            io.write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
                        {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
                                                          if k != "samples"}})
     else:

@@ -29,6 +29,7 @@ import os
 
 import tensorflow as tf
 
+from tfcaption import io
 from tfcaption.config import PipelineConfig
 from tfcaption.data import text
 from tfcaption.data.features import load_manifest
@@ -41,7 +42,7 @@ _SPEC = {
 
 
 def vocabulary_path(manifest: dict) -> str:
-    return os.path.normpath(os.path.join(manifest["dir"], manifest["vocabulary"]["file"]))
+    return io.normpath(os.path.join(manifest["dir"], manifest["vocabulary"]["file"]))
 
 
 def read_records(manifest: dict, shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
