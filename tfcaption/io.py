@@ -53,6 +53,11 @@ def normpath(path: str) -> str:
 
 
 def exists(path: str) -> bool:
+    if path.startswith("ram://"):
+        # TensorFlow's in-memory filesystem answers by prefix: "x.json" exists
+        # there while only "x.json.tmp-..." does. Its folder listing is exact.
+        parent, name = os.path.split(path.rstrip("/"))
+        return gfile.exists(path) and name in listdir(parent)
     return gfile.exists(path)
 
 
@@ -115,6 +120,10 @@ def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
     if parent:
         gfile.makedirs(parent)
     tmp = temp_name(path) if atomic else path
+    if path.startswith("ram://") and gfile.exists(tmp):
+        # The in-memory filesystem appends to a file opened for writing instead
+        # of truncating it (a leftover of a failed write, or a file rewritten).
+        gfile.remove(tmp)
     with gfile.GFile(tmp, "wb") as f:
         f.write(data)
     if atomic:

@@ -85,6 +85,14 @@ def _serialize(image_id: str, grid: np.ndarray, ex: Example) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
+def _open_shard(path: str) -> tf.io.TFRecordWriter:
+    """A writer of the shard's temporary file. A leftover of this process (a
+    failed attempt) is removed first: ram:// would append to it."""
+    tmp = io.temp_name(f"{path}.tfrecord")
+    io.remove(tmp)
+    return tf.io.TFRecordWriter(tmp)
+
+
 def _diagnose(ex: Example) -> str:
     """Why an image was dropped by the fast path, in words a user can act on."""
     try:
@@ -147,7 +155,7 @@ class Extractor:
         def finish():
             j = state["job"]
             examples, path = jobs[j]
-            writer = state["writer"] or tf.io.TFRecordWriter(io.temp_name(f"{path}.tfrecord"))
+            writer = state["writer"] or _open_shard(path)
             writer.close()
             sidecars.append(self._finish_shard(examples, path, state["done"]))
             if on_shard:
@@ -160,7 +168,7 @@ class Extractor:
                     finish()
                 examples, path = jobs[state["job"]]
                 if state["writer"] is None:
-                    state["writer"] = tf.io.TFRecordWriter(io.temp_name(f"{path}.tfrecord"))
+                    state["writer"] = _open_shard(path)
                 first = ends[state["job"]] - len(examples)
                 ex = examples[i - first]
                 state["writer"].write(_serialize(ex.image_id, grid, ex))
