@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption.data import features, pipeline, text
+from tfcaption.config import DataConfig, FeatureConfig, RunConfig
+from tfcaption.data import features, pipeline, synthetic, text
 from tests.data.fixtures import WORDS, make_dataset
 
 
@@ -179,6 +180,26 @@ def test_vocabulary_settings_remake_the_vocabulary_not_the_features(config, monk
     config.data.max_vocab, config.data.min_count = 0, 1000
     assert features.extract(config, "train")["vocabulary"]["size"] == 4
     assert text.load_vocabulary(features.vocabulary_file(cache)) == list(text.SPECIALS)
+
+
+def test_synthetic_world_of_another_image_size_remakes_the_cache(tmp_path):
+    """Another image size can draw the same ids and captions (as seed 1 does
+    for its first two train images at 64 and 80 px): only the world's settings
+    tell the images apart."""
+    root = str(tmp_path / "world")
+    config = RunConfig(name="w", data=DataConfig(source="synthetic", root=root),
+                       features=FeatureConfig(weights="random", input_size=64, batch_size=4,
+                                              shard_size=4, cache_dir=str(tmp_path / "cache")))
+    synthetic.generate(root, seed=1, counts=(2, 1, 1), image_size=64)
+    named = lambda: [(ex.image_id, ex.image, ex.captions)  # noqa: E731
+                     for ex in features.load_examples(config.data, "train")]
+    before = named()
+    first = features.extract(config, "train")
+    synthetic.generate(root, seed=1, counts=(2, 1, 1), image_size=80)
+    assert named() == before
+    second = features.extract(config, "train")
+    assert second["fingerprint"]["world"]["image_size"] == 80
+    assert not set(second["shards"]) & set(first["shards"])
 
 
 def test_large_image_is_resized(tmp_path):
