@@ -5,7 +5,8 @@ Reads the feature cache and a checkpoint; writes <eval.out_dir>/<split>/
                    coco-caption evaluation server and published tables read
     metrics.json   BLEU-1..4, METEOR, ROUGE_L, CIDEr-D (SPICE when installed),
                    attention correctness where the source has boxes, and what
-                   was scored: split, checkpoint, beam, count. Written last, so
+                   was scored: split, checkpoint (path, and the digest of its
+                   content and of the vocabulary), beam, count. Written last, so
                    its presence means the stage is complete.
 
 Run again with the same checkpoint content (not its path: a retrain writes the

@@ -158,10 +158,10 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     }
     tf.saved_model.save(module, tmp, signatures=signatures)
     h, w, c = backbone.grid_shape
+    # The key (search settings, digests) first: what `tfcaption run` compares.
     info = {**key, "name": name or config.name, "version": version, "checkpoint": checkpoint,
             "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
-            "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
-            "max_len": max_len, "length_penalty": length_penalty,
+            "input_size": backbone.input_size, "grid": [h, w, c],
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "
             "grid covers the whole image",
             # Where each attention cell looks, as fractions of the image's height

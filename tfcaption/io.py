@@ -75,12 +75,12 @@ def listdir(path: str) -> list[str]:
 
 
 def remove(path: str) -> None:
-    if gfile.exists(path):
+    if exists(path):
         gfile.remove(path)
 
 
 def rmtree(path: str) -> None:
-    if gfile.exists(path):
+    if exists(path):
         gfile.rmtree(path)
 
 
@@ -120,7 +120,7 @@ def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
     if parent:
         gfile.makedirs(parent)
     tmp = temp_name(path) if atomic else path
-    if path.startswith("ram://") and gfile.exists(tmp):
+    if path.startswith("ram://") and exists(tmp):
         # The in-memory filesystem appends to a file opened for writing instead
         # of truncating it (a leftover of a failed write, or a file rewritten).
         gfile.remove(tmp)
