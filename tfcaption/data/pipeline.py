@@ -38,12 +38,7 @@ _SPEC = {
 
 
 def vocabulary_path(manifest: dict) -> str:
-    """The vocabulary beside the split folders (a manifest names it "../vocab.txt";
-    normpath would also fold the "//" of gs://, so the parent is taken by hand)."""
-    name = manifest["vocabulary"]["file"]
-    if name.startswith("../"):
-        return io.join(os.path.dirname(manifest["dir"].rstrip("/")), name[3:])
-    return io.join(manifest["dir"], name)
+    return io.normpath(os.path.join(manifest["dir"], manifest["vocabulary"]["file"]))
 
 
 def _parsed(records: tf.data.Dataset, manifest: dict) -> tf.data.Dataset:
