@@ -17,11 +17,20 @@ in the numbers; only the step is timed (one `float(loss)` per step, as `train`).
 Configurations, each measured alternately with the others and the matmul
 reference in one process (round 1, round 2, ...), best round kept:
 
-    bucketed   the default: length buckets, each batch padded to its own longest
-    grouped x5 pipeline.captions_per_image=5: batches of 65 captions from 13 images,
-               each image encoded once for its 5 captions (bucketed too)
-    fixed-32   pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
-    fixed-32 + XLA   the same with train.jit_compile (one compile, static shapes)
+    own longest    the same batches cut to their own longest caption (what the
+                   pipeline did before: one trace per caption length)
+    bucketed       the default: length buckets, each batch padded to its bucket's
+                   boundary (one trace per boundary)
+    bucketed bf16  the same under train.mixed_precision=mixed_bfloat16
+    grouped x5     pipeline.captions_per_image=5: batches of 65 captions from 13
+                   images, each image encoded once for its 5 captions (bucketed too)
+    fixed-32       pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
+    fixed-32 + XLA the same with train.jit_compile (one compile, static shapes)
+    fixed-32 4/call  train.steps_per_execution=4: four steps per tf.function call,
+                   one host round trip per call (what TPUs and busy GPUs gain from)
+
+It runs unchanged on a GPU host (tf.distribute's default strategy places the
+step on the first GPU); the matmul reference is then the GPU's.
 
 Useful FLOPs (multiply-add = 2 FLOPs; E embedding, U units, A attention units,
 F projected feature size, C channels, L locations, V vocabulary), counted for
@@ -153,15 +162,28 @@ def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[
 
 # -- timing -------------------------------------------------------------------------
 
-def draw_batches(config: RunConfig, tokenizer, count: int):
+def draw_batches(config: RunConfig, tokenizer, count: int, own_longest: bool = False):
     ds = pipeline.training_dataset(config.features.cache_dir, tokenizer, config.pipeline,
-                                   repeat=True)
+                                   epochs=1000)
     batches = list(ds.take(count))
-    real = sum(float(tf.reduce_sum(target_mask(t[:, 1:]))) for _, t in batches)
+    if own_longest:  # what the pipeline did before: each batch cut to its longest caption
+        batches = [(f, t[:, :int(tf.reduce_max(tf.reduce_sum(tf.cast(t != 0, tf.int32), 1)))])
+                   for f, t in batches]
+    real = sum(float(tf.reduce_sum(target_mask(t[:, 1:]) *
+                                   tf.cast(t[:, :1] != 0, tf.float32))) for _, t in batches)
     return batches, real
 
 
-def run_steps(step, batches) -> float:
+def run_steps(step, batches, per_call: int = 1) -> float:
+    """Times the batches through `step`, one host round trip (float(loss)) per call;
+    per_call > 1: `step` is training.make_multi_step's, fed by an iterator."""
+    if per_call > 1:
+        iterator = iter(tf.data.Dataset.from_tensor_slices(
+            tuple(tf.stack(x) for x in zip(*batches))))
+        start = time.perf_counter()
+        for _ in range(len(batches) // per_call):
+            float(step(iterator, per_call)[0])
+        return time.perf_counter() - start
     start = time.perf_counter()
     for feats, tokens in batches:
         loss, _, _ = step(feats, tokens)
@@ -231,30 +253,51 @@ def main() -> int:
         trainer = training.make_trainer(config)
         assert trainer.tokenizer.vocab_size == VOCAB, trainer.tokenizer.vocab_size
 
-        def variant(fixed: bool, jit: bool, per_image: int = 0) -> RunConfig:
+        def variant(fixed: bool, jit: bool, per_image: int = 0, precision: str = "",
+                    per_call: int = 1) -> RunConfig:
             # Whole images per batch: 13 x 5 = 65 captions when grouped.
             size = -(-batch_size // per_image) * per_image if per_image else batch_size
             return dataclasses.replace(
                 config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
                                                      captions_per_image=per_image,
                                                      batch_size=size),
-                train=dataclasses.replace(config.train, jit_compile=jit))
+                train=dataclasses.replace(config.train, jit_compile=jit,
+                                          mixed_precision=precision,
+                                          steps_per_execution=per_call))
 
-        configs = {"bucketed": (variant(False, False), args.steps),
+        per_call = 4
+        configs = {"own longest": (variant(False, False), args.steps),
+                   "bucketed": (variant(False, False), args.steps),
+                   "bucketed bf16": (variant(False, False, precision="mixed_bfloat16"),
+                                     args.steps),
                    "grouped x5": (variant(False, False, 5), args.steps),
-                   "fixed-32": (variant(True, False), args.fixed_steps),
-                   "fixed-32 + XLA": (variant(True, True), args.fixed_steps)}
+                   "fixed-32": (variant(True, False), args.fixed_steps * per_call),
+                   "fixed-32 + XLA": (variant(True, True), args.fixed_steps * per_call),
+                   f"fixed-32 {per_call}/call": (variant(True, False, per_call=per_call),
+                                                 args.fixed_steps * per_call)}
         runs = {}
         for label, (cfg, steps) in configs.items():
-            batches, real = draw_batches(cfg, trainer.tokenizer, steps)
-            padded = sum(int(t.shape[0]) * (int(t.shape[1]) - 1) for _, t in batches)
-            step = training.make_step(dataclasses.replace(trainer, config=cfg))
-            # One batch of each shape: a trace each (and an XLA compile each).
-            shapes = {tuple(t.shape): (f, t) for f, t in batches}
-            warm = run_steps(step, list(shapes.values()))
+            batches, real = draw_batches(cfg, trainer.tokenizer, steps,
+                                         own_longest=label == "own longest")
+            padded = sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32))) *
+                         (int(t.shape[1]) - 1) for _, t in batches)
+            # Another precision needs its own decoder (the policy is read at build).
+            owner = trainer if not cfg.train.mixed_precision else training.make_trainer(cfg)
+            owner = dataclasses.replace(owner, config=cfg)
+            calls = cfg.train.steps_per_execution
+            if calls > 1:
+                step = training.make_multi_step(owner)
+                warm = run_steps(step, batches[:calls], calls)  # one trace in all
+                shapes = {1: None}
+            else:
+                step = training.make_step(owner)
+                # One batch of each shape: a trace each (and an XLA compile each).
+                shapes = {tuple(t.shape): (f, t) for f, t in batches}
+                warm = run_steps(step, list(shapes.values()))
             images = sum(int(f.shape[0]) for f, _ in batches)
             runs[label] = {"step": step, "batches": batches, "real": real, "images": images,
-                           "padded": padded, "warm": warm, "shapes": len(shapes), "times": []}
+                           "padded": padded, "warm": warm, "shapes": len(shapes), "times": [],
+                           "calls": calls}
             log(f"{label}: {len(shapes)} shape(s) traced in {warm:.1f} s")
         references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
                       "matmul 1024^3 XLA": matmul_loop(1024, 8, jit=True)}
@@ -264,7 +307,7 @@ def main() -> int:
         ref_times: dict[str, list[float]] = {k: [] for k in references}
         for r in range(args.rounds):
             for label, run in runs.items():
-                run["times"].append(run_steps(run["step"], run["batches"]))
+                run["times"].append(run_steps(run["step"], run["batches"], run["calls"]))
                 log(f"round {r + 1}: {label} {len(run['batches']) / run['times'][-1]:.3f} steps/s")
             for label, (fn, x, _) in references.items():
                 for _ in range(5):  # ~0.1 s each: five tries per round
@@ -292,7 +335,8 @@ def main() -> int:
     for label, run in runs.items():
         t = min(run["times"])
         n = len(run["batches"])
-        caps = sum(int(tk.shape[0]) for _, tk in run["batches"])
+        caps = sum(float(tf.reduce_sum(tf.cast(tk[:, 0] != 0, tf.float32)))
+                   for _, tk in run["batches"])
         useful = (run["images"] * per_caption + run["real"] * per_token) / t / 1e9
         print(f"{label:<18}{n:>6}{n / t:>9.3f}{caps / t:>12.1f}{run['real'] / t:>12.0f}"
               f"{run['real'] / run['padded']:>13.2f}{useful:>16.1f}{useful / peak:>11.3f}"
@@ -303,8 +347,10 @@ def main() -> int:
     rate = {label: r["real"] / min(r["times"]) for label, r in runs.items()}
     print("\nreal tokens/s relative to bucketed: " + ", ".join(
         f"{label} {r / rate['bucketed']:.2f}" for label, r in rate.items() if label != "bucketed"))
-    print("warm-up: tracing (and XLA compiling) once per distinct batch shape, "
-          f"{runs['bucketed']['shapes']} shapes among the bucketed batches")
+    print("warm-up: tracing (and XLA compiling) once per distinct batch shape: "
+          f"{runs['bucketed']['shapes']} shapes among the bucketed batches (padded to "
+          f"bucket boundaries), {runs['own longest']['shapes']} when each batch is cut to "
+          "its own longest caption (as before)")
     return 0
 
 

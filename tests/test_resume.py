@@ -24,6 +24,7 @@ from tfcaption import training
 from tfcaption.config import ModelConfig, TrainConfig
 from tfcaption.data import features
 from tests.data.fixtures import make_dataset
+from tests.devices import two_cpus
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def test_two_workers_killed_mid_epoch_restart_from_the_chiefs_checkpoint(cached)
     variant = "pairs in memory"
     reference = resume_config(cached, "mw-reference", variant)
     reference.pipeline.batch_size = 6
-    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    two = two_cpus()
     summary = training.train(reference, strategy=two, progress=False)
 
     name = "mw-killed"

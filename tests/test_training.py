@@ -10,6 +10,7 @@ from tfcaption import distribute, training
 from tfcaption.config import ModelConfig, TrainConfig
 from tfcaption.data import features
 from tests.data.fixtures import make_dataset
+from tests.devices import one_cpu, two_cpus
 
 
 
@@ -92,8 +93,7 @@ def assert_close(a, b, atol=1e-5):
     assert worst <= atol, f"weights differ by up to {worst}"
 
 
-ONE, TWO = (lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
-            lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+ONE, TWO = one_cpu, two_cpus
 
 
 def test_mirrored_step_with_clipping_equals_one_device_step(cached):

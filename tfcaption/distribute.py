@@ -56,6 +56,11 @@ def workers(strategy) -> int:
     return sum(len(jobs.get(kind, [])) for kind in ("chief", "worker"))
 
 
+def local_replicas(strategy) -> int:
+    """Replicas (devices) this process drives."""
+    return strategy.num_replicas_in_sync // workers(strategy)
+
+
 def distribute(strategy, make_dataset) -> tf.distribute.DistributedDataset:
     """make_dataset() -> global batches; each worker builds them all (the plan is
     deterministic) and keeps the per-replica slices of its own replicas, in

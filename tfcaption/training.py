@@ -74,7 +74,7 @@ class Trainer:
     total_steps: int
     # Validation's decode function, traced once per run rather than once per epoch.
     greedy_fns: dict = dataclasses.field(default_factory=dict)
-    traces: int = 0  # of the train step, in this process (one per batch shape)
+    traces: float = 0  # of the train step, in this process (one per batch shape)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -183,7 +183,8 @@ def _replica_step(trainer: Trainer):
     compiled = tf.function(gradients, jit_compile=tc.jit_compile)
 
     def replica_step(features, tokens):
-        trainer.traces += 1  # Python runs only while tracing: a count of traces
+        # Python runs only while tracing, once per local replica: a count of traces.
+        trainer.traces += 1 / distribute.local_replicas(trainer.strategy)
         loss, stats, grads = compiled(features, tokens)
         grads = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, grads)
@@ -222,15 +223,17 @@ def make_step(trainer: Trainer):
 
 def make_multi_step(trainer: Trainer):
     """n steps in one call: (iterator, n) -> (loss, stats) summed over the n steps,
-    the last step's gradient norm. One trace in all (tokens' length is dynamic
-    inside the loop, so TPUs need pipeline.fixed_shapes)."""
+    the last step's gradient norm. Traced once per n (train() calls it with
+    steps_per_execution only). The n steps are unrolled: a tf.while_loop around
+    the step fails at run time (the gradient sums of the decoder's scan over time
+    reuse one temporary variable name in every iteration: AlreadyExistsError)."""
     replica_step, strategy = _replica_step(trainer), trainer.strategy
 
     @tf.function
-    def steps(iterator, n):
+    def steps(iterator, n: int):
         loss, stats, norm = _reduced(strategy, *strategy.run(replica_step,
                                                              args=next(iterator)))
-        for _ in tf.range(n - 1):
+        for _ in range(n - 1):
             more = _reduced(strategy, *strategy.run(replica_step, args=next(iterator)))
             loss += more[0]
             stats = {k: stats[k] + more[1][k] for k in stats}
@@ -333,10 +336,11 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
             if progress:
                 print(f"epoch {epoch + 1}/{tc.epochs}")
         n = _next_call(step, trainer)
-        if n == 1:
+        if n == tc.steps_per_execution > 1:
+            loss, stats, norm = multi_fn(iterator, n)
+        else:  # single steps up to the next boundary: no trace for each other n
+            n = 1
             loss, stats, norm = step_fn(*next(iterator))
-        else:
-            loss, stats, norm = multi_fn(iterator, tf.constant(n))
         loss = float(loss)  # the one host round trip per call
         if not math.isfinite(loss):
             raise NonFiniteLoss(
@@ -421,7 +425,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
 def _summary(trainer: Trainer, stopped: str) -> dict:
     return {"stopped": stopped, "step": int(trainer.state["step"].numpy()),
             "total_steps": trainer.total_steps, "steps_per_epoch": trainer.steps_per_epoch,
-            "step_traces": trainer.traces,
+            "step_traces": round(trainer.traces),
             "best_CIDEr-D": float(trainer.state["best_metric"].numpy()),
             "best_checkpoint": trainer.best.latest_checkpoint,
             "latest_checkpoint": trainer.latest.latest_checkpoint}
