@@ -29,7 +29,9 @@ def world(root: pathlib.Path) -> RunConfig:
                         synthetic_counts=(96, 8, 8), synthetic_image_size=64),
         features=FeatureConfig(backbone="squeezenet", weights="random", input_size=64,
                                cache_dir=str(root / "cache"), batch_size=32, shard_size=32),
-        pipeline=PipelineConfig(batch_size=16, bucket_boundaries=(8, 11)),
+        # Boundaries no caption length reaches exactly (7, 10): padding to them is
+        # told apart from padding to the batch's longest caption.
+        pipeline=PipelineConfig(batch_size=16, bucket_boundaries=(7, 10, 12)),
         model=ModelConfig(embedding_dim=16, units=16, attention_units=16, feature_dim=16,
                           dropout=0.0),
         train=TrainConfig(train_dir=str(root / "train"), epochs=100, warmup_steps=10,
@@ -49,10 +51,14 @@ def loss_curve(config: RunConfig, strategy, steps: int = STEPS):
     trainer = training.make_trainer(config, strategy)
     step = training.make_step(trainer)
     batches = iter(distribute.distribute(strategy, lambda: trainer.data.dataset(0, 100)))
-    losses = []
+    losses, widths = [], set()
     for _ in range(steps):
-        _, stats, _ = step(*next(batches))
+        feats, tokens = next(batches)
+        widths.add(strategy.experimental_local_results(tokens)[0].shape[1])
+        _, stats, _ = step(feats, tokens)
         losses.append(float(stats["xent"]) / float(stats["tokens"]))
+    # Every batch is padded to a bucket boundary, and each width is traced once.
+    assert widths <= set(trainer.data.pad_lengths) and round(trainer.traces) == len(widths)
     return np.array(losses), trainer.traces, trainer
 
 
