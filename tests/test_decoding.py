@@ -277,3 +277,156 @@ def test_unk_pad_and_start_are_never_emitted_even_when_likeliest():
         for row, n in zip(np.reshape(tokens, [-1, 8]), np.reshape(lengths, [-1])):
             assert n >= 1 and not set(row[:n]) & {UNK_ID, PAD_ID, START_ID}
             assert (row[n:] == PAD_ID).all()
+
+
+def repeats(tokens, n):
+    """Whether a caption (token ids) holds some n-gram twice."""
+    ids = [t for t in np.asarray(tokens).tolist() if t != PAD_ID]
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_repeated_ngram_mask():
+    row = tf.constant([[A, B, A, B, 0, 0]])
+    banned = lambda t, n: set(  # noqa: E731
+        np.flatnonzero(decoding.masks.repeated_ngrams(row, t, n, 12)[0].numpy()).tolist())
+    assert banned(3, 2) == {B} and banned(3, 1) == {A, B} and banned(1, 2) == set()
+    assert banned(3, 3) == set() and banned(4, 3) == {A} and banned(2, 3) == set()
+    assert banned(4, 5) == set()
+
+
+# Every word's likeliest successor alternates A B A B ... and never ends.
+REPEATS = table({START_ID: {A: .9, B: .1}, A: {B: .9, END_ID: .1}, B: {A: .9, END_ID: .1}})
+
+
+def test_no_repeat_ngram_in_greedy_beam_and_sampling():
+    decoder = TableDecoder(REPEATS)
+    assert captions(decoder, decoding.greedy, 8)[0] == ["A B A B A B A B"]
+    assert captions(decoder, decoding.greedy, 8, no_repeat_ngram=1)[0] == ["A B <end>"]
+    assert captions(decoder, decoding.greedy, 8, no_repeat_ngram=2)[0] == ["A B A <end>"]
+    assert captions(decoder, decoding.greedy, 8, no_repeat_ngram=3)[0] == ["A B A B <end>"]
+    assert captions(decoder, decoding.beam, 2, 8)[0] == ["A B A B A B A B"]
+    # The mask does not renormalise: A B A <end> keeps its 0.1 and A <end> wins.
+    found, (_, _, scores, _) = captions(decoder, decoding.beam, 2, 8, no_repeat_ngram=2)
+    assert found == ["A <end>"]
+    np.testing.assert_allclose(scores.numpy(), [np.log(.09)], rtol=1e-5)
+    drawn = captions(decoder, decoding.sample, 40, 8, 1.0)[0]
+    assert any(repeats(c.split(), 2) for c in drawn)
+    for n in (1, 2, 3):
+        for search, args in ((decoding.sample, (40, 8, 1.0)),
+                             (decoding.diverse_beam, (4, 2, 1.0, 8))):
+            drawn = captions(decoder, search, *args, no_repeat_ngram=n)[0]
+            assert not any(repeats(c.split(), n) for c in drawn), (search, n, drawn)
+
+    decoder, (features, _) = tiny_decoder(), batch(size=3)
+    for tokens in (decoding.greedy(decoder, features, 12, no_repeat_ngram=2)[0],
+                   decoding.beam(decoder, features, 3, 12, no_repeat_ngram=2)[0],
+                   decoding.sample(decoder, features, 4, 12, 1.5, no_repeat_ngram=2)[0]):
+        assert not any(repeats(row, 2) for row in np.reshape(tokens, [-1, 12]))
+
+
+# The first word is A, B or C (0.5, 0.3, 0.2); the caption ends after it.
+FIRSTS = table({START_ID: {A: .5, B: .3, C: .2}, A: {END_ID: 1.0}, B: {END_ID: 1.0},
+                C: {END_ID: 1.0}})
+
+
+def first_words(*args, **kwargs):
+    """How often A, B and C come first among sampled captions of FIRSTS."""
+    tokens = decoding.sample(TableDecoder(FIRSTS), tf.zeros([1, 1, 1]), *args, **kwargs)[0]
+    firsts = tokens.numpy()[0, :, 0]
+    return np.array([np.mean(firsts == w) for w in (A, B, C)])
+
+
+def test_sampling_draws_from_the_model_at_its_temperature():
+    np.testing.assert_allclose(first_words(3000, 4, 1.0), [.5, .3, .2], atol=0.03)
+    sharpened = np.array([.5, .3, .2]) ** 2
+    np.testing.assert_allclose(first_words(3000, 4, 0.5, seed=1), sharpened / sharpened.sum(),
+                               atol=0.03)
+    tokens, lengths, scores, attention = decoding.sample(
+        TableDecoder(FIRSTS), tf.zeros([2, 1, 1]), 5, 4, 1.0)
+    assert tokens.shape == (2, 5, 4) and attention.shape == (2, 5, 4, 1)
+    assert lengths.numpy().tolist() == [[2] * 5] * 2
+    # Scores are the model's log-probabilities, whatever the temperature.
+    np.testing.assert_allclose(scores.numpy(), np.log(FIRSTS[START_ID, tokens.numpy()[..., 0]]),
+                               rtol=1e-5)
+
+
+def test_top_k_and_top_p_cut_the_support():
+    assert (first_words(300, 4, 1.0) > 0).all()
+    assert first_words(300, 4, 5.0, top_k=1).tolist() == [1, 0, 0]
+    assert first_words(300, 4, 5.0, top_p=0.01).tolist() == [1, 0, 0]
+    assert first_words(300, 4, 1.0, top_p=0.45).tolist() == [1, 0, 0]
+    for kept in (first_words(300, 4, 1.0, top_k=2), first_words(300, 4, 1.0, top_p=0.7)):
+        assert (kept[:2] > 0.2).all() and kept[2] == 0
+
+
+def test_near_zero_temperature_is_greedy():
+    decoder = TableDecoder(BEATS_GREEDY)
+    for temperature in (0.0, 1e-3):
+        assert captions(decoder, decoding.sample, 20, 8, temperature)[0] == \
+            ["C D F G B <end>"] * 20
+    decoder, (features, _) = tiny_decoder(), batch(size=3)
+    greedy = decoding.greedy(decoder, features, 10)
+    for temperature in (0.0, 1e-6):
+        found = decoding.sample(decoder, features, 4, 10, temperature)
+        for g, s in zip(greedy, found):
+            np.testing.assert_allclose(np.repeat(g.numpy()[:, None], 4, 1), s.numpy(),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_is_reproducible_from_its_seed():
+    decoder, (features, _) = tiny_decoder(), batch(size=2)
+    draw = lambda seed: decoding.sample(decoder, features, 6, 10, 2.0, seed=seed)[0]  # noqa: E731
+    np.testing.assert_array_equal(draw(7), draw(7))
+    np.testing.assert_array_equal(draw(7), tf.function(draw)(tf.constant(7)))
+    assert (draw(7).numpy() != draw(8).numpy()).any()
+
+
+def test_diverse_groups_start_from_different_words():
+    decoder = TableDecoder(FIRSTS)
+    same = captions(decoder, decoding.diverse_beam, 2, 2, 0.0, 4)[0]
+    assert same == ["A <end>", "A <end>"]
+    found, (_, _, scores, _) = captions(decoder, decoding.diverse_beam, 2, 2, 1.0, 4)
+    assert found == ["A <end>", "B <end>"]
+    np.testing.assert_allclose(scores.numpy(), [np.log([.5, .3])], rtol=1e-5)
+    found = captions(decoder, decoding.diverse_beam, 3, 3, 1.0, 4)[0]
+    assert found == ["A <end>", "B <end>", "C <end>"]
+    with pytest.raises(ValueError):
+        decoding.diverse_beam(decoder, tf.zeros([1, 1, 1]), 3, 2, 1.0, 4)
+
+
+def test_searches_compile_with_xla_on_a_real_decoder():
+    decoder, (features, _) = tiny_decoder(), batch(size=3)
+
+    def searches(f, top_k):
+        # diverse_beam runs the same beam_search as beam, with groups: not compiled
+        # again here, for time.
+        return (decoding.beam(decoder, f, 3, 10, 0.7, no_repeat_ngram=2),
+                decoding.sample(decoder, f, 4, 10, 1.0, top_k=top_k, top_p=0.9, seed=3))
+
+    xla = tf.function(searches, jit_compile=True)
+    compiled = xla(features, tf.constant(0))
+    for x, y in zip(searches(features, 0)[0], compiled[0]):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=1e-5)
+    # XLA draws its own noise: check what a sample must be, not which it is.
+    tokens, lengths, scores, attention = (x.numpy() for x in compiled[1])
+    assert tokens.shape == (3, 4, 10) and attention.shape == (3, 4, 10, 9)
+    for row, n, att in zip(tokens.reshape(-1, 10), lengths.reshape(-1),
+                           attention.reshape(-1, 10, 9)):
+        assert (row[n:] == PAD_ID).all() and not set(row[:n]) & {PAD_ID, START_ID, UNK_ID}
+        np.testing.assert_allclose(att[:n].sum(-1), 1.0, rtol=1e-5)
+    assert (scores < 0).all()
+    greedy = decoding.greedy(decoder, features, 10)[0].numpy()
+    argmax = xla(features, tf.constant(1))[1][0].numpy()  # the same compiled graph
+    np.testing.assert_array_equal(argmax, np.repeat(greedy[:, None], 4, 1))
+
+
+def test_decode_config_is_overridable_from_the_command_line():
+    from tfcaption.config import RunConfig, override
+
+    config = RunConfig()
+    assert config.decode.no_repeat_ngram == 0 and config.decode.top_p == 1.0
+    for assignment in ("decode.no_repeat_ngram=3", "decode.temperature=0.7", "decode.top_k=5"):
+        override(config, assignment)
+    assert (config.decode.no_repeat_ngram, config.decode.temperature, config.decode.top_k) == \
+        (3, 0.7, 5)

@@ -63,7 +63,7 @@ def greedy_search(step, state, batch_size, max_len: int, vocab_size: int, locati
     <end>, scores (batch,) summed log-probabilities, attention (batch, max_len,
     locations) float32 (0 after <end>).
     """
-    del vocab_size  # the logits carry it
+    del vocab_size  # kept for callers: the logits carry it
 
     def body(t, token, state, finished, tokens, scores, attention):
         logits, state, alpha = step(token, state)
