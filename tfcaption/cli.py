@@ -73,10 +73,15 @@ def cmd_export(args) -> int:
 def cmd_caption(args) -> int:
     from tfcaption import serving
     results = serving.caption_files(args.images, args.model, beam=args.beam,
-                                    attention_dir=args.attention_dir)
+                                    attention_dir=args.attention_dir,
+                                    num_captions=args.num_captions,
+                                    temperature=args.temperature)
     for r in results:
         if args.json:
             print(json.dumps(r))
+        elif "samples" in r:
+            for s in r["samples"]:
+                print(f"{r['image']}\t{s['caption']}")
         else:
             print(f"{r['image']}\t{r['caption']}" if "caption" in r
                   else f"{r['image']}\tERROR: {r['error']}")
@@ -154,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--model", required=True, help="saved_models/NAME/VERSION")
     cap.add_argument("--beam", type=int, default=None,
                      help="1 = the greedy signature; default: the beam size exported")
+    cap.add_argument("--num-captions", type=int, default=None, metavar="N",
+                     help="sample N captions per image (the \"sample\" signature) instead "
+                     "of searching")
+    cap.add_argument("--temperature", type=float, default=1.0,
+                     help="with --num-captions: < 1 sharper, 0 = greedy (default: 1.0)")
     cap.add_argument("--json", action="store_true", help="one JSON object per line")
     cap.add_argument("--attention-dir", default=None, help="also write a heatmap figure per image")
     cap.set_defaults(func=cmd_caption)

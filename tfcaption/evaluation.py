@@ -69,8 +69,11 @@ def max_len(config: RunConfig) -> int:
 def _settings(config: RunConfig, split: str, checkpoint: str) -> dict:
     """What the stored metrics depend on: same settings, same numbers."""
     ec = config.eval
-    return {"split": split, "checkpoint": checkpoint, "beam": ec.beam_size,
-            "length_penalty": ec.length_penalty, "max_len": max_len(config)}
+    settings = {"split": split, "checkpoint": checkpoint, "beam": ec.beam_size,
+                "length_penalty": ec.length_penalty, "max_len": max_len(config)}
+    if config.decode.no_repeat_ngram:  # only when set: older metrics.json stay valid
+        settings["no_repeat_ngram"] = config.decode.no_repeat_ngram
+    return settings
 
 
 def _boxes(config: RunConfig, split: str) -> dict:
@@ -91,7 +94,8 @@ def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: di
     @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16)])
     def search(features):
         tokens, lengths, _, attention = decoding.beam(
-            decoder, features, ec.beam_size, steps, ec.length_penalty)
+            decoder, features, ec.beam_size, steps, ec.length_penalty,
+            config.decode.no_repeat_ngram)
         return tokenizer.detokenize(tokens), tokens, lengths, attention
 
     count = load_manifest(config.features.cache_dir, split)["count"]

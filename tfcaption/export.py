@@ -9,6 +9,7 @@ TF Serving binary runs it with no Python and no tensorflow-text kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from tfcaption import decoding
 from tfcaption.checkpoints import restore_decoder
-from tfcaption.config import RunConfig
+from tfcaption.config import DecodeConfig, RunConfig
 from tfcaption.data import text
 from tfcaption.data.pipeline import max_tokens
 from tfcaption.models.backbones import build_backbone
@@ -56,12 +57,14 @@ class CaptionModule(tf.Module):
     """
 
     def __init__(self, backbone, decoder, tokenizer: text.Tokenizer, beam_size: int,
-                 max_len: int, length_penalty: float):
+                 max_len: int, length_penalty: float, decode: DecodeConfig | None = None):
         super().__init__(name="tfcaption")
         # A SimpleNamespace is not trackable: the Keras objects stay out of the save.
         self._keras = types.SimpleNamespace(backbone=backbone, decoder=decoder)
         self.tokenizer = tokenizer  # tracked: the vocabulary asset and its tables
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
+        # Sampling takes num_captions and temperature per request; the rest is fixed here.
+        self.decode = decode or DecodeConfig()
         self.grid_shape = tuple(backbone.grid_shape)
         h, w, c = self.grid_shape
         images = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -70,34 +73,61 @@ class CaptionModule(tf.Module):
             input_signature=[images])
         self.greedy_images = tf.function(
             lambda image_bytes: self._caption_images(image_bytes, 1), input_signature=[images])
+        self.sample_images = tf.function(self._sample_images, input_signature=[
+            images, tf.TensorSpec([], tf.int32, name="num_captions"),
+            tf.TensorSpec([], tf.float32, name="temperature")])
         self.caption_features = tf.function(
             lambda features: self._caption_features(features, self.beam_size),
             input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="features")])
-        functions = (self.caption_images, self.greedy_images, self.caption_features)
+        functions = (self.caption_images, self.greedy_images, self.caption_features,
+                     self.sample_images)
         graph_variables = {id(v): v for f in functions
                            for v in f.get_concrete_function().variables}
         self.graph_variables = list(graph_variables.values())
 
     def _caption_images(self, image_bytes, beam_size: int):
+        return self._caption_features(self._image_features(image_bytes), beam_size)
+
+    def _image_features(self, image_bytes):
         backbone = self._keras.backbone
         size = backbone.input_size
         images = tf.map_fn(lambda b: backbone.preprocess(decode_image_bytes(b)),
                            image_bytes, parallel_iterations=8,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         # An empty request skips the backbone, whose convolutions reject a batch of 0.
-        features = tf.cond(tf.size(image_bytes) > 0, lambda: backbone(images),
-                           lambda: tf.zeros([0, *self.grid_shape]))
-        return self._caption_features(features, beam_size)
+        return tf.cond(tf.size(image_bytes) > 0, lambda: backbone(images),
+                       lambda: tf.zeros([0, *self.grid_shape]))
+
+    def _sample_images(self, image_bytes, num_captions, temperature):
+        """num_captions sampled captions per image: caption (batch, N), tokens
+        (batch, N, max_len), lengths and scores (batch, N), attention (batch, N,
+        max_len, h, w). The seed is fixed: the same request gets the same captions."""
+        h, w, c = self.grid_shape
+        flat = tf.reshape(self._image_features(image_bytes), [-1, h * w, c])
+        d = self.decode
+        tokens, lengths, scores, attention = decoding.sample(
+            self._keras.decoder, flat, num_captions, self.max_len, temperature, d.top_k,
+            d.top_p, d.seed, d.no_repeat_ngram)
+        captions = self.tokenizer.detokenize(tf.reshape(tokens, [-1, self.max_len]))
+        return {
+            "caption": tf.reshape(captions, tf.shape(lengths)),
+            "tokens": tokens,
+            "lengths": lengths,
+            "scores": scores,
+            "attention": tf.reshape(attention, [-1, num_captions, self.max_len, h, w]),
+        }
 
     def _caption_features(self, features, beam_size: int):
         h, w, c = self.grid_shape
         flat = tf.reshape(features, [-1, h * w, c])
         decoder = self._keras.decoder
+        no_repeat = self.decode.no_repeat_ngram
         if beam_size > 1:
             tokens, lengths, scores, attention = decoding.beam(
-                decoder, flat, beam_size, self.max_len, self.length_penalty)
+                decoder, flat, beam_size, self.max_len, self.length_penalty, no_repeat)
         else:
-            tokens, lengths, scores, attention = decoding.greedy(decoder, flat, self.max_len)
+            tokens, lengths, scores, attention = decoding.greedy(decoder, flat, self.max_len,
+                                                                 no_repeat)
         return {
             "caption": self.tokenizer.detokenize(tokens),
             "tokens": tokens,
@@ -126,7 +156,8 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
         raise RuntimeError(f"the backbone now loads weights {backbone.weights_id}, but the "
                            f"features were cached with {manifest['weights']}")
     max_len = max_len or max_tokens(config.data.max_caption_words)
-    module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty)
+    module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty,
+                           config.decode)
     model_dir = os.path.join(out_root, name or config.name)
     version = version or next_version(model_dir)
     final = os.path.join(model_dir, str(version))
@@ -138,6 +169,7 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
         "serving_default": module.caption_images.get_concrete_function(),
         "caption_features": module.caption_features.get_concrete_function(),
         "greedy": module.greedy_images.get_concrete_function(),
+        "sample": module.sample_images.get_concrete_function(),
     }
     tf.saved_model.save(module, tmp, signatures=signatures)
     h, w, c = backbone.grid_shape
@@ -145,6 +177,7 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
             "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
             "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
             "max_len": max_len, "length_penalty": length_penalty,
+            "decode": dataclasses.asdict(config.decode),
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "
             "grid covers the whole image",
             # Where each attention cell looks, as fractions of the image's height
