@@ -4,9 +4,12 @@ Reads the feature cache and a checkpoint; writes <eval.out_dir>/<split>/
     results.json   COCO results format, [{"image_id", "caption"}], what the
                    coco-caption evaluation server and published tables read
     metrics.json   BLEU-1..4, METEOR, ROUGE_L, CIDEr-D (SPICE when installed),
-                   attention correctness where the source has boxes, and what
-                   was scored: split, checkpoint, beam, count. Written last, so
-                   its presence means the stage is complete.
+                   attention correctness where the source has boxes, diversity
+                   (distinct-n, vocabulary, novelty, repeated bigrams; with
+                   decode.num_captions > 1 also of N samples per image and their
+                   self-BLEU-4), and what was scored: split, checkpoint, beam,
+                   count. Written last, so its presence means the stage is
+                   complete.
 
 Run again with the same checkpoint, split and search settings, it returns the
 stored metrics without decoding anything.
@@ -23,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcaption import attention_correctness, decoding, metrics
+from tfcaption import attention_correctness, decoding, diversity_eval, metrics
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, sources, text
 from tfcaption.data.features import load_manifest, manifest_centres, write_json
@@ -73,6 +76,8 @@ def _settings(config: RunConfig, split: str, checkpoint: str) -> dict:
                 "length_penalty": ec.length_penalty, "max_len": max_len(config)}
     if config.decode.no_repeat_ngram:  # only when set: older metrics.json stay valid
         settings["no_repeat_ngram"] = config.decode.no_repeat_ngram
+    if config.decode.num_captions > 1:  # sampled diversity: the draw's settings
+        settings["sampled"] = decoding.sampled_settings(config)
     return settings
 
 
@@ -179,6 +184,8 @@ def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str |
               "tokenize": "ptb" if metrics.java_available() else "simple"}
     if boxes:
         result["attention_correctness"] = attention_correctness.summarise(rows)
+    result["diversity"] = diversity_eval.split_diversity(config, split, captions, decoder,
+                                                         tokenizer, max_len(config), progress)
     if notes:
         result["notes"] = notes
     write_json(metrics_file, result)

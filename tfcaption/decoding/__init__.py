@@ -20,9 +20,11 @@ import tensorflow as tf
 from tfcaption.decoding.beams import beam_search, length_normalised
 from tfcaption.decoding.masks import NEVER_EMITTED
 from tfcaption.decoding.sampling import greedy_search, sampler
+from tfcaption.decoding.settings import decode_settings, sampled_settings
 
-__all__ = ["NEVER_EMITTED", "beam", "beam_search", "decoder_step", "diverse_beam", "greedy",
-           "greedy_search", "length_normalised", "sample", "sampler"]
+__all__ = ["NEVER_EMITTED", "beam", "beam_search", "decode_settings", "decoder_step",
+           "diverse_beam", "greedy", "greedy_search", "length_normalised", "sample",
+           "sampled_settings", "sampler"]
 
 
 def decoder_step(decoder, features, repeat=1):
