@@ -430,3 +430,22 @@ def test_decode_config_is_overridable_from_the_command_line():
         override(config, assignment)
     assert (config.decode.no_repeat_ngram, config.decode.temperature, config.decode.top_k) == \
         (3, 0.7, 5)
+
+
+def test_decode_settings_name_what_an_export_fixes_and_nothing_per_request():
+    import dataclasses
+
+    from tfcaption.config import RunConfig
+    base = decoding.decode_settings(RunConfig())
+    for field, value in (("no_repeat_ngram", 3), ("top_k", 5), ("top_p", 0.9), ("seed", 7)):
+        changed = RunConfig()
+        setattr(changed.decode, field, value)
+        assert decoding.decode_settings(changed) != base, field
+    # Temperature and the number of captions come with each request of the
+    # "sample" signature: changing them must not force a new export.
+    per_request = RunConfig()
+    per_request.decode = dataclasses.replace(per_request.decode, temperature=0.3,
+                                             num_captions=5)
+    assert decoding.decode_settings(per_request) == base
+    assert decoding.sampled_settings(per_request) == {**base, "temperature": 0.3,
+                                                      "num_captions": 5}

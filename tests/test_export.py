@@ -229,6 +229,8 @@ def test_export_info_places_the_attention_cells(exported):
     centres = exported.info["cell_centres"]
     assert len(centres["rows"]) == h and len(centres["cols"]) == w
     assert all(0 < a < b < 1 for a, b in zip(centres["rows"], centres["rows"][1:]))
+    # What a runner compares to decide on a re-export.
+    assert exported.info["decode_settings"] == decoding.decode_settings(exported.config)
 
 
 def saved_model_cli(*args) -> subprocess.Popen:

@@ -61,6 +61,14 @@ def cmd_export(args) -> int:
     from tfcaption import evaluation, export
     config = _config(args)
     ev = config.eval
+    if args.format == "tflite":
+        from tfcaption import tflite_export
+        path = tflite_export.export_tflite(
+            config, out_root=args.out or ev.export_dir, version=args.version,
+            max_len=args.max_len or evaluation.max_len(config), checkpoint=args.checkpoint,
+            float16=not args.float32)
+        print(f"TFLite model: {os.path.join(path, tflite_export.MODEL_FILE)}")
+        return 0
     path = export.export(
         config, out_root=args.out or ev.export_dir, version=args.version,
         beam_size=args.beam or ev.beam_size, max_len=args.max_len or evaluation.max_len(config),
@@ -152,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--length-penalty", type=float, default=None,
                      help="default: eval.length_penalty")
     exp.add_argument("--checkpoint", default=None, help="default: the best, else the latest")
+    exp.add_argument("--format", default="savedmodel", choices=("savedmodel", "tflite"),
+                     help="tflite: greedy search on uint8 images of the input size, "
+                     "written to OUT/NAME-tflite/VERSION/ with vocab.txt")
+    exp.add_argument("--float32", action="store_true",
+                     help="with --format tflite: keep float32 weights (default float16)")
     exp.set_defaults(func=cmd_export)
 
     cap = sub.add_parser("caption", help="caption image files with an exported SavedModel")

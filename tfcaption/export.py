@@ -143,11 +143,9 @@ def next_version(model_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def export(config: RunConfig, out_root: str = "saved_models", version: int | None = None,
-           beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
-           checkpoint: str | None = None, name: str | None = None) -> str:
-    """Writes saved_models/<name>/<version>/ and returns its path. The version
-    folder appears whole or not at all (written aside, then renamed)."""
+def restore_parts(config: RunConfig, checkpoint: str | None = None):
+    """-> backbone, decoder, tokenizer, manifest, checkpoint: what an export holds,
+    the backbone checked to load the weights the features were cached with."""
     decoder, tokenizer, manifest, checkpoint = restore_decoder(config, checkpoint)
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
@@ -155,16 +153,32 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     if backbone.weights_id != manifest["weights"]:
         raise RuntimeError(f"the backbone now loads weights {backbone.weights_id}, but the "
                            f"features were cached with {manifest['weights']}")
-    max_len = max_len or max_tokens(config.data.max_caption_words)
-    module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty,
-                           config.decode)
-    model_dir = os.path.join(out_root, name or config.name)
+    return backbone, decoder, tokenizer, manifest, checkpoint
+
+
+def version_folder(model_dir: str, version: int | None) -> tuple[str, str, int]:
+    """-> (final, tmp, version): the version folder to create (the next integer by
+    default) and an emptied temporary one beside it to write first."""
     version = version or next_version(model_dir)
     final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; pick another --version")
     tmp = os.path.join(model_dir, f".tmp-{version}")
     shutil.rmtree(tmp, ignore_errors=True)
+    return final, tmp, version
+
+
+def export(config: RunConfig, out_root: str = "saved_models", version: int | None = None,
+           beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
+           checkpoint: str | None = None, name: str | None = None) -> str:
+    """Writes saved_models/<name>/<version>/ and returns its path. The version
+    folder appears whole or not at all (written aside, then renamed)."""
+    backbone, decoder, tokenizer, manifest, checkpoint = restore_parts(config, checkpoint)
+    fc = config.features
+    max_len = max_len or max_tokens(config.data.max_caption_words)
+    module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty,
+                           config.decode)
+    final, tmp, version = version_folder(os.path.join(out_root, name or config.name), version)
     signatures = {
         "serving_default": module.caption_images.get_concrete_function(),
         "caption_features": module.caption_features.get_concrete_function(),
@@ -178,6 +192,8 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
             "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
             "max_len": max_len, "length_penalty": length_penalty,
             "decode": dataclasses.asdict(config.decode),
+            # The decode.* fields this graph fixed: what a runner compares to re-export.
+            "decode_settings": decoding.decode_settings(config),
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "
             "grid covers the whole image",
             # Where each attention cell looks, as fractions of the image's height
