@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from serving import SHARED, build_module, calibrate_end_bias, jpeg_bytes  # noqa: E402
 
-from tfcaption import tflite_export  # noqa: E402
+from tfcaption import io, tflite_export  # noqa: E402
 from tfcaption.data import text  # noqa: E402
 from tfcaption.models.backbones import BACKBONES, build_backbone  # noqa: E402
 from tfcaption.pipelines import load_pipeline  # noqa: E402
@@ -77,7 +76,7 @@ def main() -> int:
     blobs, source = jpeg_bytes(args.images, args.count)
     tmp = tempfile.mkdtemp(prefix="tfcaption-bench-tflite-")
     try:
-        vocab_path = os.path.join(tmp, "vocabulary.txt")
+        vocab_path = io.join(tmp, "vocabulary.txt")
         text.save_vocabulary(list(text.SPECIALS) + [f"w{i}" for i in range(args.vocab - 4)],
                              vocab_path)
         backbone = build_backbone(args.backbone, weights="random")
@@ -91,15 +90,14 @@ def main() -> int:
 
         holder = tf.Module()
         holder.variables_ = list(function.variables)
-        saved = os.path.join(tmp, "savedmodel")
+        saved = io.join(tmp, "savedmodel")
         tf.saved_model.save(holder, saved, signatures={"greedy": function})
         signature = tf.saved_model.load(saved).signatures["greedy"]
         files = {"savedmodel": saved}
         runners = {}
         for name, half in (("tflite32", False), ("tflite16", True)):
-            files[name] = os.path.join(tmp, f"{name}.tflite")
-            with open(files[name], "wb") as f:
-                f.write(tflite_export.convert(function, float16=half))
+            files[name] = io.join(tmp, f"{name}.tflite")
+            io.write_bytes(files[name], tflite_export.convert(function, float16=half))
             runners[name] = tflite_export.interpreter(files[name], threads=args.threads)
 
         calls = {"savedmodel": lambda x: {k: v.numpy() for k, v in
@@ -114,7 +112,7 @@ def main() -> int:
                 rounds[name].append(float(np.median(latencies(fn, images))))
         sizes_bytes = {name: size_of(path) for name, path in files.items()}
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        io.rmtree(tmp)
 
     best = {name: min(r) for name, r in rounds.items()}
     h, w, c = backbone.grid_shape

@@ -65,7 +65,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfcaption import training  # noqa: E402
+from tfcaption import io, training  # noqa: E402
 from tfcaption.attention_correctness import slice_centres  # noqa: E402
 from tfcaption.config import (DataConfig, FeatureConfig, ModelConfig, PipelineConfig,  # noqa: E402
                               RunConfig, TrainConfig)
@@ -135,9 +135,9 @@ def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[
             # Non-negative, like a ReLU backbone's output.
             grid = np.abs(rng.standard_normal((GRID[0] * GRID[1], GRID[2]), np.float32))
             writer.write(features._serialize(ex.image_id, grid, ex))
-    features.write_json(os.path.join(out, f"{name}.json"),
-                        {"count": len(examples),
-                         "image_ids": [ex.image_id for ex in examples], "skipped": []})
+    io.write_json(os.path.join(out, f"{name}.json"),
+                  {"count": len(examples),
+                   "image_ids": [ex.image_id for ex in examples], "skipped": []})
     fingerprint = {"source": "bench", "split": "train", "backbone": "inception_v3 (random)",
                    "weights": "random", "input_size": 299, "grid_shape": list(GRID)}
     config = RunConfig(data=DataConfig(max_vocab=VOCAB),

@@ -103,7 +103,7 @@ def tiny_synthetic(root: pathlib.Path) -> RunConfig:
         data=DataConfig(source="synthetic", root=str(root / "world"), max_caption_words=12),
         features=FeatureConfig(backbone="squeezenet", weights="random", input_size=96,
                                cache_dir=str(root / "cache"), batch_size=8, shard_size=8),
-        pipeline=PipelineConfig(batch_size=8, shuffle_buffer=16, bucket_boundaries=(6,)),
+        pipeline=PipelineConfig(batch_size=8, shuffle_window=16, bucket_boundaries=(6,)),
         # The demo's decoder (pipelines/synthetic.py): a 3x3 projection and a
         # learned embedding per location, through evaluation, export and report.
         model=ModelConfig(embedding_dim=8, units=8, attention_units=8, feature_dim=8,
@@ -282,3 +282,13 @@ def test_sampled_diversity_goes_into_metrics_and_the_report(trained, tmp_path):
     assert "self-BLEU-4" in page and "distinct-2" in page  # the diversity table
     lists = re.findall(r"<ol class='samples'>(.*?)</ol>", page)
     assert len(lists) == 2 and all(item.count("<li>") == 3 for item in lists)
+
+
+def test_settings_added_only_when_set_still_count_when_turned_off():
+    """no_repeat_ngram and sampled are stored only when on (older metrics.json stay
+    valid); metrics made with one on are not reused once it is turned off."""
+    base = {"split": "test", "checkpoint": "a", "checkpoint_digest": "d", "beam": 3}
+    assert evaluation._same({**base, "checkpoint": "b"}, base)  # the path is not compared
+    assert not evaluation._same({**base, "no_repeat_ngram": 2}, base)
+    assert not evaluation._same({**base, "sampled": {"num_captions": 3}}, base)
+    assert evaluation._same({**base, "no_repeat_ngram": 2}, {**base, "no_repeat_ngram": 2})

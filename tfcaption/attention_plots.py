@@ -10,7 +10,7 @@ centres the grid is taken as equal slices, each value at its slice's centre.
 
 from __future__ import annotations
 
-import io
+import io as stdio
 import math
 import textwrap
 
@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tfcaption import io  # noqa: E402
 from tfcaption.attention_correctness import grid_centres  # noqa: E402
 
 
@@ -29,8 +30,8 @@ def load_rgb(image) -> np.ndarray:
     """A path, encoded bytes or an array -> (H, W, 3) uint8."""
     if isinstance(image, np.ndarray):
         return image.astype(np.uint8)
-    source = io.BytesIO(image) if isinstance(image, bytes) else image
-    with Image.open(source) as img:
+    blob = image if isinstance(image, bytes) else io.read_bytes(image)
+    with Image.open(stdio.BytesIO(blob)) as img:
         return np.asarray(img.convert("RGB"))
 
 
@@ -114,7 +115,7 @@ def caption_figure(image, caption: str, attention: np.ndarray, **kwargs):
 def jpeg_bytes(fig, dpi: int = 110, quality: int = 85) -> bytes:
     """The figure as JPEG bytes, closed afterwards (for pages that embed images):
     photo overlays are ~8x smaller as JPEG than as PNG at no visible loss."""
-    buffer = io.BytesIO()
+    buffer = stdio.BytesIO()
     fig.savefig(buffer, format="jpeg", dpi=dpi, pil_kwargs={"quality": quality})
     plt.close(fig)
     return buffer.getvalue()
@@ -129,6 +130,8 @@ def save_figure(path_stem: str, image, caption: str, attention: np.ndarray,
     paths = []
     for fmt in formats:
         paths.append(f"{path_stem}.{fmt}")
-        fig.savefig(paths[-1], dpi=dpi)
+        buffer = stdio.BytesIO()  # matplotlib writes local files only; gfile writes anywhere
+        fig.savefig(buffer, format=fmt, dpi=dpi)
+        io.write_bytes(paths[-1], buffer.getvalue())
     plt.close(fig)
     return paths

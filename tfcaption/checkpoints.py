@@ -9,7 +9,7 @@ import tensorflow as tf
 from tfcaption import io
 from tfcaption.config import RunConfig
 from tfcaption.data import text
-from tfcaption.data.features import load_manifest
+from tfcaption.data.features import load_manifest, vocabulary_file
 from tfcaption.data.pipeline import vocabulary_path
 from tfcaption.models.build import build_decoder
 
@@ -45,6 +45,14 @@ def checkpoint_digest(path: str) -> str:
     if not files:
         raise FileNotFoundError(f"checkpoint {path} has no files")
     return io.digest_files(files)
+
+
+def decoder_key(config: RunConfig, checkpoint: str) -> dict:
+    """What the decoder that restore_decoder returns is made of, by content:
+    the checkpoint's weights and the vocabulary its ids index. Evaluation and
+    export store it with their output and redo their work when it changes."""
+    return {"checkpoint_digest": checkpoint_digest(checkpoint),
+            "vocabulary_sha1": io.digest_files([vocabulary_file(config.features.cache_dir)])}
 
 
 def restore_decoder(config: RunConfig, checkpoint: str | None = None):

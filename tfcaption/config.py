@@ -64,19 +64,25 @@ class FeatureConfig:
 class PipelineConfig:
     """How the feature cache becomes training batches."""
 
-    batch_size: int = 64
-    shuffle_buffer: int = 4096
-    # Fixed shapes for TPU/XLA: every batch padded to max_caption_words + 2
-    # tokens, and the last short batch dropped.
-    fixed_shapes: bool = False
+    batch_size: int = 64  # the global batch, split among replicas
+    # Rows are shuffled within windows of this many images (whole shards); an
+    # epoch visits the windows in a seeded order. A streamed cache holds one
+    # window in memory at a time.
+    shuffle_window: int = 4096
+    # Token lengths (with <start> and <end>) batches are padded to; one more at
+    # max_caption_words + 2 is always added. Every batch has batch_size rows and
+    # one of these lengths, so the train step traces once per boundary.
     bucket_boundaries: tuple[int, ...] = (8, 12, 16, 20)
+    # One length for every batch (max_caption_words + 2): one trace in all,
+    # what steps_per_execution > 1 on a TPU needs.
+    fixed_shapes: bool = False
     # 0: rows are (image, caption) pairs, every caption once per epoch. K > 0:
     # each batch holds batch_size / K images with K of their captions each
     # (drawn afresh every epoch; repeated when an image has fewer), so the
     # decoder encodes each image once for K captions ("seq_per_img").
     captions_per_image: int = 0
     cache_in_memory: bool = True
-    seed: int = 0
+    seed: int = 0  # the data order
 
 
 @dataclasses.dataclass
@@ -120,6 +126,10 @@ class TrainConfig:
     tpu: str = ""  # TPU name or address for strategy="tpu" ("" = the local TPU VM)
     mixed_precision: str = ""
     jit_compile: bool = False
+    # Train steps run inside one tf.function call (Keras' meaning): fewer host
+    # round trips on accelerators. Logging, checkpoints and validation keep
+    # their step cadence (a call never crosses one of their boundaries).
+    steps_per_execution: int = 1
     checkpoint_every: int = 500  # steps; an epoch's end always checkpoints
     keep_checkpoints: int = 3
     patience: int = 5  # epochs without a better validation CIDEr-D before stopping

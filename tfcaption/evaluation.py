@@ -7,29 +7,31 @@ Reads the feature cache and a checkpoint; writes <eval.out_dir>/<split>/
                    attention correctness where the source has boxes, diversity
                    (distinct-n, vocabulary, novelty, repeated bigrams; with
                    decode.num_captions > 1 also of N samples per image and their
-                   self-BLEU-4), and what was scored: split, checkpoint, beam,
+                   self-BLEU-4), and what was scored: split, checkpoint (path,
+                   and the digest of its content and of the vocabulary), beam,
                    count. Written last, so its presence means the stage is
                    complete.
 
-Run again with the same checkpoint, split and search settings, it returns the
-stored metrics without decoding anything.
+Run again with the same checkpoint content (not its path: a retrain writes the
+same path with other weights), vocabulary, cached split and search settings,
+it returns the stored metrics without decoding anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
+import io as stdio
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcaption import attention_correctness, decoding, diversity_eval, metrics
+from tfcaption import (attention_correctness, checkpoints, decoding, diversity_eval, io,
+                       metrics)
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, sources, text
-from tfcaption.data.features import load_manifest, manifest_centres, write_json
+from tfcaption.data.features import load_manifest, manifest_centres
 
 
 def spice_available() -> bool:
@@ -54,7 +56,7 @@ def _spice(candidates: dict[str, str], references: dict[str, list[str]]) -> floa
     tokenizer = PTBTokenizer()
     refs = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in ids})
     cands = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in ids})
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(stdio.StringIO()):
         value, _ = Spice().compute_score(refs, cands)
     return float(value)
 
@@ -70,15 +72,28 @@ def max_len(config: RunConfig) -> int:
 
 
 def _settings(config: RunConfig, split: str, checkpoint: str) -> dict:
-    """What the stored metrics depend on: same settings, same numbers."""
+    """What the stored metrics depend on: same settings, same numbers. The
+    checkpoint's path is kept to be shown, and compared by its content."""
     ec = config.eval
-    settings = {"split": split, "checkpoint": checkpoint, "beam": ec.beam_size,
+    cache = load_manifest(config.features.cache_dir, split)["fingerprint"]
+    settings = {"split": split, "checkpoint": checkpoint,
+                **checkpoints.decoder_key(config, checkpoint),
+                "cache_sha1": io.digest_json(cache), "beam": ec.beam_size,
                 "length_penalty": ec.length_penalty, "max_len": max_len(config)}
-    if config.decode.no_repeat_ngram:  # only when set: older metrics.json stay valid
+    if config.decode.no_repeat_ngram:  # only when set: metrics.json without it stay valid
         settings["no_repeat_ngram"] = config.decode.no_repeat_ngram
     if config.decode.num_captions > 1:  # sampled diversity: the draw's settings
         settings["sampled"] = decoding.sampled_settings(config)
     return settings
+
+
+# Settings _settings adds only when set: absent means off, on both sides.
+_OPTIONAL = ("no_repeat_ngram", "sampled")
+
+
+def _same(stored: dict, settings: dict) -> bool:
+    return all(stored.get(k) == v for k, v in settings.items() if k != "checkpoint") \
+        and all(stored.get(k) == settings.get(k) for k in _OPTIONAL)
 
 
 def _boxes(config: RunConfig, split: str) -> dict:
@@ -151,31 +166,26 @@ def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str |
     """Decodes `split_role` (default config.eval.split) with beam config.eval.beam_size,
     scores it and writes results.json and metrics.json; returns the metrics.json dict.
     Already done for the same checkpoint, split and search: returns what is stored."""
-    from tfcaption.checkpoints import restore_decoder
-    from tfcaption.checkpoints import chosen_checkpoint
-
     split = split_role or config.eval.split
-    checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
+    checkpoint = checkpoints.chosen_checkpoint(config.train.train_dir, checkpoint)
     settings = _settings(config, split, checkpoint)
-    out = os.path.join(config.eval.out_dir, split)
-    metrics_file = os.path.join(out, "metrics.json")
-    if os.path.exists(metrics_file):
-        with open(metrics_file) as f:
-            stored = json.load(f)
-        if all(stored.get(k) == v for k, v in settings.items()):
+    out = io.join(config.eval.out_dir, split)
+    metrics_file = io.join(out, "metrics.json")
+    if io.exists(metrics_file):
+        stored = io.read_json(metrics_file)
+        if _same(stored, settings):
             if progress:
                 print(f"evaluate {split}: already scored for {checkpoint} (beam "
                       f"{settings['beam']}) -> {metrics_file}")
             return stored
 
-    decoder, tokenizer, manifest, checkpoint = restore_decoder(config, checkpoint)
+    decoder, tokenizer, manifest, checkpoint = checkpoints.restore_decoder(config, checkpoint)
     if progress:
         search = "greedy" if config.eval.beam_size == 1 else f"beam {config.eval.beam_size}"
         print(f"evaluate {split}: decoding ({search}) with {checkpoint}")
     boxes = _boxes(config, split)
     captions, rows = decode_split(config, split, decoder, tokenizer, manifest, boxes, progress)
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "results.json"),
+    io.write_json(io.join(out, "results.json"),
                 [{"image_id": coco_image_id(i), "caption": c} for i, c in captions.items()])
 
     refs = pipeline.references(config.features.cache_dir, split)
@@ -188,7 +198,7 @@ def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str |
                                                          tokenizer, max_len(config), progress)
     if notes:
         result["notes"] = notes
-    write_json(metrics_file, result)
+    io.write_json(metrics_file, result)
     if progress:
         print(f"evaluate {split}: {len(captions)} images scored -> {metrics_file}")
     return result

@@ -10,19 +10,18 @@ TF Serving binary runs it with no Python and no tensorflow-text kernels.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 import types
 
 import tensorflow as tf
 
-from tfcaption import decoding
-from tfcaption.checkpoints import restore_decoder
+from tfcaption import decoding, io
+from tfcaption.checkpoints import chosen_checkpoint, decoder_key, restore_decoder
 from tfcaption.config import DecodeConfig, RunConfig
 from tfcaption.data import text
+from tfcaption.data.features import load_manifest
 from tfcaption.data.pipeline import max_tokens
 from tfcaption.models.backbones import build_backbone
+from tfcaption.serving import INFO_FILE
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG"
 
@@ -138,9 +137,23 @@ class CaptionModule(tf.Module):
 
 
 def next_version(model_dir: str) -> int:
-    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()] \
-        if os.path.isdir(model_dir) else []
-    return max(versions, default=0) + 1
+    """After every numbered folder, complete or not: an incomplete one may be
+    an export still being written (in place, on Cloud Storage)."""
+    return max(io.versions(model_dir), default=0) + 1
+
+
+def export_key(config: RunConfig, checkpoint: str, beam_size: int, max_len: int,
+               length_penalty: float) -> dict:
+    """What a SavedModel is made of, by content; stored in its tfcaption.json,
+    so that `tfcaption run` keeps a version made from the same inputs and
+    exports anew when any of them changed (a retrain into the same path too,
+    or a decode.* setting the graph fixes, such as decode.no_repeat_ngram)."""
+    fingerprint = load_manifest(config.features.cache_dir, "train")["fingerprint"]
+    backbone = {k: fingerprint.get(k) for k in ("backbone", "weights", "layer", "input_size")}
+    return {**decoder_key(config, checkpoint), "backbone_sha1": io.digest_json(backbone),
+            "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty,
+            # The decode.* fields this graph fixed as constants.
+            "decode_settings": decoding.decode_settings(config)}
 
 
 def restore_parts(config: RunConfig, checkpoint: str | None = None):
@@ -158,27 +171,48 @@ def restore_parts(config: RunConfig, checkpoint: str | None = None):
 
 def version_folder(model_dir: str, version: int | None) -> tuple[str, str, int]:
     """-> (final, tmp, version): the version folder to create (the next integer by
-    default) and an emptied temporary one beside it to write first."""
+    default) and where to write it. On a local disk tmp is a per-process sibling
+    (not a number, so neither TF Serving nor io.versions takes it for a version),
+    renamed into place by `publish`; elsewhere (gs://, ram://) a folder "rename"
+    is a copy, so tmp is the final folder itself, written in place."""
     version = version or next_version(model_dir)
-    final = os.path.join(model_dir, str(version))
-    if os.path.exists(final):
+    final = io.join(model_dir, str(version))
+    if io.exists(final):
         raise FileExistsError(f"{final} exists; pick another --version")
-    tmp = os.path.join(model_dir, f".tmp-{version}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = io.temp_name(final) if io.is_local(final) else final
+    if tmp != final:
+        io.rmtree(tmp)  # the leftover of a killed export by a process of the same id
     return final, tmp, version
+
+
+def publish(tmp: str, final: str, info_file: str, info: dict) -> str:
+    """Completes a version folder that version_folder gave: writes `info` to
+    tmp/info_file LAST (its presence marks the version complete) and moves tmp
+    into place when it was written aside. -> final."""
+    io.write_json(io.join(tmp, info_file), info)
+    if tmp != final:
+        io.rename(tmp, final)
+    return final
 
 
 def export(config: RunConfig, out_root: str = "saved_models", version: int | None = None,
            beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
            checkpoint: str | None = None, name: str | None = None) -> str:
-    """Writes saved_models/<name>/<version>/ and returns its path. The version
-    folder appears whole or not at all (written aside, then renamed)."""
+    """Writes saved_models/<name>/<version>/ and returns its path.
+
+    A version counts as complete once its assets.extra/tfcaption.json exists,
+    which is written last. On a local disk the folder is also written aside and
+    renamed into place, so that TF Serving, which loads any numbered folder it
+    finds, never sees half of one; elsewhere (gs://) a folder "rename" is a
+    copy, so the version is written in place."""
+    checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
+    max_len = max_len or max_tokens(config.data.max_caption_words)
+    key = export_key(config, checkpoint, beam_size, max_len, length_penalty)
     backbone, decoder, tokenizer, manifest, checkpoint = restore_parts(config, checkpoint)
     fc = config.features
-    max_len = max_len or max_tokens(config.data.max_caption_words)
     module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty,
                            config.decode)
-    final, tmp, version = version_folder(os.path.join(out_root, name or config.name), version)
+    final, tmp, version = version_folder(io.join(out_root, name or config.name), version)
     signatures = {
         "serving_default": module.caption_images.get_concrete_function(),
         "caption_features": module.caption_features.get_concrete_function(),
@@ -187,20 +221,14 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     }
     tf.saved_model.save(module, tmp, signatures=signatures)
     h, w, c = backbone.grid_shape
-    info = {"name": name or config.name, "version": version, "checkpoint": checkpoint,
+    # The key (search and decode settings, digests) first: what `tfcaption run` compares.
+    info = {**key, "name": name or config.name, "version": version, "checkpoint": checkpoint,
             "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
-            "input_size": backbone.input_size, "grid": [h, w, c], "beam_size": beam_size,
-            "max_len": max_len, "length_penalty": length_penalty,
+            "input_size": backbone.input_size, "grid": [h, w, c],
             "decode": dataclasses.asdict(config.decode),
-            # The decode.* fields this graph fixed: what a runner compares to re-export.
-            "decode_settings": decoding.decode_settings(config),
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "
             "grid covers the whole image",
             # Where each attention cell looks, as fractions of the image's height
             # (rows) and width (cols): what heatmaps need to sit on the right pixels.
             "cell_centres": backbone.cell_centres()}
-    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-    with open(os.path.join(tmp, "assets.extra", "tfcaption.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, final)
-    return final
+    return publish(tmp, final, INFO_FILE, info)

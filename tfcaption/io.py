@@ -9,14 +9,17 @@ The temporary name carries the host and process id, so two workers writing
 the same file at once (two `extract --shard` machines, two training workers)
 never write into each other's temporary file. Cloud Storage renames a single
 object atomically; a folder "rename" there is a copy, so a SavedModel version is
-published by writing a marker file last (see `publish_dir`).
+published by writing a marker file last (`versions(model_dir, marker)` lists
+only the versions that hold it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import posixpath
 import socket
 
 import tensorflow as tf
@@ -29,7 +32,32 @@ def join(*parts: str) -> str:
     return os.path.join(*parts)
 
 
+def is_local(path: str) -> bool:
+    """A path of the local filesystem rather than a URL ("gs://...", "ram://...")."""
+    return "://" not in path
+
+
+def abspath(path: str) -> str:
+    """os.path.abspath for local paths; a URL is absolute already (and abspath
+    would make "gs://b/x" into "<cwd>/gs:/b/x")."""
+    return os.path.abspath(path) if is_local(path) else path
+
+
+def normpath(path: str) -> str:
+    """os.path.normpath ("a/b/../c" -> "a/c") that keeps a URL's "//"; tf.io.gfile
+    resolves no ".." in a URL."""
+    if is_local(path):
+        return os.path.normpath(path)
+    scheme, _, rest = path.partition("://")
+    return f"{scheme}://{posixpath.normpath(rest)}"
+
+
 def exists(path: str) -> bool:
+    if path.startswith("ram://"):
+        # TensorFlow's in-memory filesystem answers by prefix: "x.json" exists
+        # there while only "x.json.tmp-..." does. Its folder listing is exact.
+        parent, name = os.path.split(path.rstrip("/"))
+        return gfile.exists(path) and name in listdir(parent)
     return gfile.exists(path)
 
 
@@ -47,12 +75,12 @@ def listdir(path: str) -> list[str]:
 
 
 def remove(path: str) -> None:
-    if gfile.exists(path):
+    if exists(path):
         gfile.remove(path)
 
 
 def rmtree(path: str) -> None:
-    if gfile.exists(path):
+    if exists(path):
         gfile.rmtree(path)
 
 
@@ -74,15 +102,37 @@ def read_json(path: str):
     return json.loads(read_text(path))
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Atomic write: under a per-process temporary name, then renamed."""
+def open_text(path: str, encoding: str = "utf-8", newline: str | None = None):
+    """The file as a text stream that behaves as open(path, encoding=...,
+    newline=...) does (universal newlines, "utf-8-sig" dropping a byte-order
+    mark, newline="" for the csv module). The file is read whole: annotation
+    files, not images."""
+    return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding, newline=newline)
+
+
+def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
+    """Atomic write: under a per-process temporary name, then renamed.
+
+    atomic=False writes in place: for files that a marker written after them
+    vouches for (the synthetic world's images), where a rename per file would
+    cost a copy on Cloud Storage."""
     parent = os.path.dirname(path)
     if parent:
         gfile.makedirs(parent)
-    tmp = temp_name(path)
+    tmp = temp_name(path) if atomic else path
+    if path.startswith("ram://") and exists(tmp):
+        # The in-memory filesystem appends to a file opened for writing instead
+        # of truncating it (a leftover of a failed write, or a file rewritten).
+        gfile.remove(tmp)
     with gfile.GFile(tmp, "wb") as f:
         f.write(data)
-    gfile.rename(tmp, path, overwrite=True)
+    if atomic:
+        gfile.rename(tmp, path, overwrite=True)
+
+
+def rename(source: str, target: str) -> None:
+    """Renames a file or a folder; fails when target exists."""
+    gfile.rename(source, target)
 
 
 def write_text(path: str, text: str) -> None:
@@ -91,6 +141,11 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj) -> None:
     write_text(path, json.dumps(obj, indent=1))
+
+
+def digest_json(obj) -> str:
+    """sha1 of a JSON-able value, independent of dict order: a key for settings."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def digest_files(paths: list[str]) -> str:
@@ -103,6 +158,8 @@ def digest_files(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-def versions(model_dir: str) -> list[int]:
-    """The numbered versions under saved_models/<name>/, oldest first."""
-    return sorted(int(name) for name in listdir(model_dir) if name.isdigit())
+def versions(model_dir: str, marker: str = "") -> list[int]:
+    """The numbered versions under saved_models/<name>/, oldest first; with
+    `marker`, only those holding that file (the complete ones)."""
+    return sorted(int(name) for name in listdir(model_dir) if name.isdigit()
+                  and (not marker or exists(join(model_dir, name, marker))))

@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import io
+import io as stdio
 import json
-import os
 
 import tensorflow as tf
 from PIL import Image
 
-from tfcaption import attention_plots, report_diversity, serving
+from tfcaption import attention_plots, io, report_diversity, serving
 from tfcaption.config import RunConfig
 from tfcaption.data import sources
+from tfcaption.data.example import examples_digest
 
 THUMBNAIL = 360  # longest side, in pixels, of the image shown beside its captions
 
@@ -52,12 +52,12 @@ th { background: #f3f3f3; }
 
 
 def latest_model_dir(config: RunConfig) -> str:
-    """The newest integer version under <eval.export_dir>/<name>/."""
-    root = os.path.join(config.eval.export_dir, config.name)
-    versions = [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
+    """The newest complete version under <eval.export_dir>/<name>/."""
+    root = io.join(config.eval.export_dir, config.name)
+    versions = serving.complete_versions(root)
     if not versions:
         raise FileNotFoundError(f"no exported SavedModel under {root}; run `tfcaption export`")
-    return os.path.join(root, str(max(versions)))
+    return io.join(root, str(versions[-1]))
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -66,27 +66,23 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def _thumbnail(blob: bytes) -> str:
     """A small JPEG of the image (photos can be megabytes; the page should not be)."""
-    with Image.open(io.BytesIO(blob)) as img:
+    with Image.open(stdio.BytesIO(blob)) as img:
         img = img.convert("RGB")
         img.thumbnail((THUMBNAIL, THUMBNAIL))
-        out = io.BytesIO()
+        out = stdio.BytesIO()
         img.save(out, format="JPEG", quality=88)
     return _data_uri(out.getvalue(), "image/jpeg")
 
 
 def _read(image) -> bytes:
-    if isinstance(image, bytes):
-        return image
-    with open(image, "rb") as f:
-        return f.read()
+    return image if isinstance(image, bytes) else io.read_bytes(image)
 
 
 def _metrics_html(path: str) -> str:
-    if not os.path.exists(path):
+    if not io.exists(path):
         return (f"<p class='meta'>No metrics yet ({html.escape(path)} is missing): "
                 "run <code>tfcaption evaluate</code> first.</p>")
-    with open(path) as f:
-        stored = json.load(f)
+    stored = io.read_json(path)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{v:.4f}</td></tr>"
                    for k, v in stored["metrics"].items())
     body = f"<table><tr><th>metric</th><th>score</th></tr>{rows}</table>"
@@ -137,10 +133,9 @@ _STAMP = "<!-- tfcaption report inputs "
 
 
 def _stamp_of(path: str) -> str | None:
-    if not os.path.exists(path):
+    if not io.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().strip()
+    first = io.read_text(path).split("\n", 1)[0].strip()
     return first[len(_STAMP):-len("-->")].strip() if first.startswith(_STAMP) else None
 
 
@@ -150,26 +145,28 @@ def write_report(config: RunConfig, model_dir: str | None = None, images: int | 
     the eval split with the SavedModel at `model_dir` (default: the newest
     export), and writes <eval.report_dir>/index.html; returns its path.
 
-    A report already made from the same SavedModel, split, image count and
-    metrics.json is kept as it is.
+    A report already made from the same SavedModel (its path and its
+    tfcaption.json, which holds the checkpoint's digest: a version number
+    reused after `make clean` holds another model), the same images and
+    references, and the same metrics.json is kept as it is.
     """
     model_dir = model_dir or latest_model_dir(config)
     split = config.eval.split
     count = config.eval.report_images if images is None else images
-    path = os.path.join(config.eval.report_dir, "index.html")
-    metrics_file = os.path.join(config.eval.out_dir, split, "metrics.json")
+    path = io.join(config.eval.report_dir, "index.html")
+    metrics_file = io.join(config.eval.out_dir, split, "metrics.json")
     n, temperature = config.decode.num_captions, config.decode.temperature
-    inputs = {"model": os.path.abspath(model_dir), "split": split, "images": count,
-              "metrics": None}
+    examples = sources.load_examples(config.data, split)[:count]
+    inputs = {"model": io.abspath(model_dir), "split": split, "images": count,
+              "model_info": serving.model_info(model_dir),
+              "examples": examples_digest(examples), "metrics": None}
     if n > 1:  # only then: reports made before sampling keep their stamp
         inputs["samples"] = [n, temperature]
-    if os.path.exists(metrics_file):
-        with open(metrics_file, "rb") as f:
-            inputs["metrics"] = hashlib.sha256(f.read()).hexdigest()
+    if io.exists(metrics_file):
+        inputs["metrics"] = hashlib.sha256(io.read_bytes(metrics_file)).hexdigest()
     stamp = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     if _stamp_of(path) == stamp:
         return path
-    examples = sources.load_examples(config.data, split)[:count]
     blobs = [_read(ex.image) for ex in examples]
     names = [ex.image_id for ex in examples]
     model = tf.saved_model.load(model_dir)
@@ -199,9 +196,5 @@ All maps of an image share one colour scale.</p>
          for ex, r, b in zip(examples, results, blobs))}
 </body></html>
 """
-    os.makedirs(config.eval.report_dir, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    io.write_text(path, page)
     return path

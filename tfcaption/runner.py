@@ -3,10 +3,12 @@
     source -> feature cache -> training -> evaluation -> SavedModel -> report
 
 Each stage decides for itself whether its output is already complete (the
-cache's manifest, training's finished.json, metrics.json for the same
-checkpoint and beam, a SavedModel exported from the same checkpoint with the
-same search settings, a report made from that SavedModel), so a run killed at
-any point resumes at the stage it was in, and a finished run does no work.
+cache's manifest for the same examples, captions and settings, training's
+finished.json, metrics.json for the same checkpoint content and beam, a
+SavedModel exported from the same checkpoint content with the same search
+settings, a report made from that SavedModel), so a run killed at any point
+resumes at the stage it was in, a finished run does no work, and a stage whose
+inputs changed is done again.
 """
 
 from __future__ import annotations
@@ -58,22 +60,17 @@ def extract_splits(config: RunConfig, splits, shard=(0, 1)) -> list[dict]:
 
 
 def existing_export(config: RunConfig, checkpoint: str) -> str | None:
-    """A version under saved_models/<name>/ made from `checkpoint` with the
-    pipeline's search settings, or None."""
-    from tfcaption import evaluation
-    from tfcaption.serving import model_info
-    model_dir = os.path.join(config.eval.export_dir, config.name)
-    if not os.path.isdir(model_dir):
-        return None
-    wanted = {"checkpoint": checkpoint, "beam_size": config.eval.beam_size,
-              "max_len": evaluation.max_len(config), "length_penalty": config.eval.length_penalty}
-    for version in sorted((d for d in os.listdir(model_dir) if d.isdigit()), key=int,
-                          reverse=True):
-        path = os.path.join(model_dir, version)
-        try:
-            info = model_info(path)
-        except OSError:
-            continue
+    """A complete version under saved_models/<name>/ made from the content of
+    `checkpoint` with the pipeline's search settings and the decode.* settings
+    its graph fixes (export.export_key), or None."""
+    from tfcaption import evaluation, export, io
+    from tfcaption.serving import complete_versions, model_info
+    model_dir = io.join(config.eval.export_dir, config.name)
+    wanted = export.export_key(config, checkpoint, config.eval.beam_size,
+                               evaluation.max_len(config), config.eval.length_penalty)
+    for version in reversed(complete_versions(model_dir)):
+        path = io.join(model_dir, str(version))
+        info = model_info(path)
         if all(info.get(k) == v for k, v in wanted.items()):
             return path
     return None

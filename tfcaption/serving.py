@@ -7,19 +7,29 @@ same path a TF Serving client takes, minus the network.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from tfcaption import io
+
 log = logging.getLogger("tfcaption.caption")
+
+# Written last by export: a version folder without it is incomplete (an export
+# killed half way, or one still being written where folders cannot be renamed
+# into place, as on Cloud Storage).
+INFO_FILE = os.path.join("assets.extra", "tfcaption.json")
 
 
 def model_info(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, "assets.extra", "tfcaption.json")) as f:
-        return json.load(f)
+    return io.read_json(io.join(model_dir, INFO_FILE))
+
+
+def complete_versions(model_dir: str) -> list[int]:
+    """The versions under saved_models/<name>/ that are complete, oldest first."""
+    return io.versions(model_dir, marker=INFO_FILE)
 
 
 def signature_for(model, model_dir: str, beam: int | None):
@@ -107,16 +117,16 @@ def caption_files(paths: list[str], model_dir: str, beam: int | None = None,
     blobs, names, results = [], [], []
     for path in paths:
         try:
-            with open(path, "rb") as f:
-                blobs.append(f.read())
+            blobs.append(io.read_bytes(path))
             names.append(path)
-        except OSError as err:
-            log.error("skipped %s: %s", path, err)
-            results.append({"image": path, "error": str(err)})
+        except (OSError, tf.errors.OpError) as err:
+            reason = getattr(err, "message", None) or str(err)
+            log.error("skipped %s: %s", path, reason)
+            results.append({"image": path, "error": reason})
     results += caption_bytes(signature, blobs, names)
     if attention_dir:
         from tfcaption import attention_plots
-        os.makedirs(attention_dir, exist_ok=True)
+        io.makedirs(attention_dir)
         centres = model_info(model_dir).get("cell_centres")  # absent in older exports
         stems: set[str] = set()
         for r in results:

@@ -19,9 +19,6 @@ in float32 after dequantising them), float32 on request.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import warnings
 
 import numpy as np
@@ -29,7 +26,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2)
 
-from tfcaption import decoding
+from tfcaption import decoding, io
 from tfcaption.config import RunConfig
 from tfcaption.data.pipeline import max_tokens, vocabulary_path
 
@@ -74,13 +71,14 @@ def convert(function, float16: bool = True) -> bytes:
 
 
 def interpreter(model, threads: int | None = None):
-    """model: a .tflite path or its bytes -> its signature runner, called as
-    runner(images=uint8 array) -> OUTPUTS. tf.lite.Interpreter warns that LiteRT
-    (ai_edge_litert) replaces it; the flatbuffer is the same for both."""
-    kind = "model_content" if isinstance(model, bytes) else "model_path"
+    """model: a .tflite path (any filesystem io reads: local, gs://, ram://) or its
+    bytes -> its signature runner, called as runner(images=uint8 array) ->
+    OUTPUTS. tf.lite.Interpreter warns that LiteRT (ai_edge_litert) replaces it;
+    the flatbuffer is the same for both."""
+    content = model if isinstance(model, bytes) else io.read_bytes(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        found = tf.lite.Interpreter(**{kind: model}, num_threads=threads)
+        found = tf.lite.Interpreter(model_content=content, num_threads=threads)
     return found.get_signature_runner()
 
 
@@ -94,9 +92,10 @@ def export_tflite(config: RunConfig, out_root: str = "saved_models", version: in
                   name: str | None = None, float16: bool = True) -> str:
     """Writes <out_root>/<name>-tflite/<version>/ (model.tflite, vocab.txt,
     tfcaption.json) and returns its path. Not under <name>/ itself: TF Serving
-    reads every integer folder there as a SavedModel. The folder appears whole or
-    not at all (written aside, then renamed)."""
-    from tfcaption.export import restore_parts, version_folder
+    reads every integer folder there as a SavedModel. As a SavedModel version
+    (export.version_folder), the folder is complete once its tfcaption.json,
+    written last, exists; on a local disk it is written aside and renamed."""
+    from tfcaption.export import publish, restore_parts, version_folder
 
     backbone, decoder, tokenizer, manifest, checkpoint = restore_parts(config, checkpoint)
     fc = config.features
@@ -104,11 +103,9 @@ def export_tflite(config: RunConfig, out_root: str = "saved_models", version: in
     flatbuffer = convert(greedy_function(backbone, decoder, max_len,
                                          config.decode.no_repeat_ngram), float16)
     final, tmp, version = version_folder(
-        os.path.join(out_root, f"{name or config.name}-tflite"), version)
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, MODEL_FILE), "wb") as f:
-        f.write(flatbuffer)
-    shutil.copyfile(vocabulary_path(manifest), os.path.join(tmp, VOCAB_FILE))
+        io.join(out_root, f"{name or config.name}-tflite"), version)
+    io.write_bytes(io.join(tmp, MODEL_FILE), flatbuffer)
+    io.write_bytes(io.join(tmp, VOCAB_FILE), io.read_bytes(vocabulary_path(manifest)))
     size = backbone.input_size
     info = {"name": name or config.name, "version": version, "checkpoint": checkpoint,
             "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
@@ -119,7 +116,4 @@ def export_tflite(config: RunConfig, out_root: str = "saved_models", version: in
             "weights_dtype": "float16" if float16 else "float32",
             "decode_settings": decoding.decode_settings(config),
             "cell_centres": backbone.cell_centres()}
-    with open(os.path.join(tmp, INFO_FILE), "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, final)
-    return final
+    return publish(tmp, final, INFO_FILE, info)

@@ -1,119 +1,127 @@
-"""The custom training loop: a tf.function step run through `strategy.run`.
+"""The training loop: tf.function steps run through `strategy.run`.
 
-One process per worker runs `train(config)`. The data order is a pure function
-of (seed, step): the dataset repeats forever with seeded shuffles, and a run
-that resumes skips the batches it has already trained on. So a run killed at
-any point resumes from its last checkpoint and ends at the same step count, and
-every worker of a multi-worker run takes the same number of steps.
+One process per worker runs `train(config)`. Everything a run depends on is a
+function of the step count or is in the checkpoint:
+
+- the data: batch s of the run is fixed by (pipeline.seed, s) (data/batches.py),
+  so a resumed run starts reading at step s, without reading earlier batches;
+- the weights, the optimizer's slots and iteration count (which drives the
+  learning-rate schedule), the loss scale, the counters of early stopping;
+- the dropout RNG: Keras keeps each layer's seed state in a variable that its
+  own checkpointing leaves out, so it is added here.
+
+So a run killed at any point (SIGKILL included) resumes from its last
+checkpoint and ends with the weights an uninterrupted run would have had. All
+workers of a multi-worker run restore the chief's checkpoint, and decisions to
+stop are agreed across workers (distribute.agree).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 
 import keras
 import tensorflow as tf
 
-from tfcaption import decoding, metrics
+from tfcaption import decoding, distribute, io, metrics
+from tfcaption.checkpoints import restore_checked
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
-from tfcaption.data.features import load_manifest, write_json
-from tfcaption.models.captioner import caption_loss
-from tfcaption.checkpoints import restore_checked
 from tfcaption.models.build import build_decoder
+from tfcaption.models.captioner import caption_loss
 from tfcaption.models.decoder import GRUDecoder
+from tfcaption.schedules import WarmupCosine
 
 log = logging.getLogger("tfcaption.train")
+
+FINISHED = "finished.json"
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _tpu_strategy(cfg):
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+class SummedGradientsAdam(keras.optimizers.Adam):
+    """Adam for gradients that the train step has already summed across replicas.
 
+    Keras 3 sums replicas' gradients inside `apply`, after its own clipping, so
+    `global_clipnorm` clips each replica's part, and a loss-scale optimizer
+    judges finiteness on one replica's part. The step sums, unscales and clips
+    itself; this optimizer must not sum a second time.
+    """
 
-STRATEGIES = {
-    "default": lambda cfg: tf.distribute.get_strategy(),
-    "mirrored": lambda cfg: tf.distribute.MirroredStrategy(),
-    # Reads the cluster from the TF_CONFIG environment variable.
-    "multiworker": lambda cfg: tf.distribute.MultiWorkerMirroredStrategy(),
-    "tpu": _tpu_strategy,
-}
-
-
-def make_strategy(cfg) -> tf.distribute.Strategy:
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"train.strategy {cfg.strategy!r}: choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[cfg.strategy](cfg)
-
-
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then cosine decay to `peak * floor` at `total` steps."""
-
-    def __init__(self, peak: float, warmup: int, total: int, floor: float):
-        self.peak, self.warmup, self.total, self.floor = peak, warmup, max(total, 1), floor
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = self.peak * (step + 1.0) / max(self.warmup, 1)
-        progress = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1),
-                                    0.0, 1.0)
-        cosine = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        return tf.where(step < self.warmup, warm, self.peak * cosine)
-
-    def get_config(self):
-        return {"peak": self.peak, "warmup": self.warmup, "total": self.total,
-                "floor": self.floor}
-
-
-def steps_per_epoch(config: RunConfig, manifest: dict) -> int:
-    """An epoch is every caption once, or every image once with K captions."""
-    k = config.pipeline.captions_per_image
-    rows = manifest["count"] * k if k else manifest["captions"]
-    return max(1, math.ceil(rows / config.pipeline.batch_size))
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
 
 
 @dataclasses.dataclass
 class Trainer:
-    """Everything a run holds: strategy, model, optimizer, checkpoints, summaries."""
+    """Everything a run holds: strategy, data, model, optimizer, checkpoints."""
 
     config: RunConfig
     strategy: tf.distribute.Strategy
     tokenizer: text.Tokenizer
+    data: pipeline.TrainingData
     decoder: GRUDecoder
     optimizer: keras.optimizers.Optimizer
     checkpoint: tf.train.Checkpoint
     latest: tf.train.CheckpointManager
     best: tf.train.CheckpointManager
     state: dict  # step, best_metric, bad_epochs as tf.Variables
-    steps_per_epoch: int
     total_steps: int
     # Validation's decode function, traced once per run rather than once per epoch.
     greedy_fns: dict = dataclasses.field(default_factory=dict)
+    traces: int = 0  # of the train step, in this process (one per batch shape)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.steps_per_epoch
 
 
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker"
-                                             and resolver.task_id == 0)
+def steps_per_epoch(config: RunConfig, tokenizer: text.Tokenizer) -> int:
+    return pipeline.TrainingData(config.features.cache_dir, tokenizer,
+                                 config.pipeline).steps_per_epoch
 
 
-def _checkpoint_dir(path: str, strategy) -> str:
-    # Non-chief workers must save too (the save is collective) but elsewhere.
-    return path if _is_chief(strategy) else tempfile.mkdtemp(prefix="tfcaption-worker-")
+def rng_state(decoder) -> dict:
+    """The decoder's seed-generator states (dropout), by position."""
+    states = [v for v in decoder.non_trainable_variables if "seed_generator" in v.path]
+    return {f"seed_{i}": v for i, v in enumerate(states)}
+
+
+def checkpoint_dirs(train_dir: str, strategy) -> tuple[str, str]:
+    """(latest, best). Every worker must save (the save is collective); the
+    chief into train_dir, the others into folders of their own that nothing
+    reads. A restarted worker restores the chief's checkpoint (`train`)."""
+    if distribute.is_chief(strategy):
+        return io.join(train_dir, "latest"), io.join(train_dir, "best")
+    kind, index = distribute.task(strategy)
+    own = io.join(train_dir, "workers", f"{kind}-{index}")
+    return io.join(own, "latest"), io.join(own, "best")
+
+
+def check_config(config: RunConfig) -> None:
+    """Refuses settings that cannot work, before a strategy or anything else is made."""
+    pc, tc = config.pipeline, config.train
+    if tc.steps_per_execution < 1:
+        raise ValueError("train.steps_per_execution must be >= 1")
+    if tc.strategy == "tpu" and tc.steps_per_execution > 1 and not pc.fixed_shapes:
+        raise ValueError("train.steps_per_execution > 1 on a TPU loops over batches of "
+                         "one shape: set pipeline.fixed_shapes=true")
+
+
+def check_replicas(config: RunConfig, replicas: int) -> None:
+    pc = config.pipeline
+    k = pc.captions_per_image
+    rows = pc.batch_size // k if k else pc.batch_size
+    if rows % replicas:
+        # Each replica must get whole images, or its captions would belong to others.
+        what = "images" if k else "captions"
+        raise ValueError(f"pipeline.batch_size{' / captions_per_image' if k else ''} = "
+                         f"{rows} {what} must divide among {replicas} replicas")
 
 
 def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> Trainer:
@@ -122,25 +130,19 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = strategy or make_strategy(config.train)
-    k, replicas = config.pipeline.captions_per_image, strategy.num_replicas_in_sync
-    if k and (config.pipeline.batch_size // k) % replicas:
-        # tf.distribute splits images and caption rows separately: each replica
-        # must get whole images, or its captions would belong to other images.
-        raise ValueError(f"pipeline.batch_size / captions_per_image = "
-                         f"{config.pipeline.batch_size // k} images must divide among "
-                         f"{replicas} replicas")
-    cache = config.features.cache_dir
-    manifest = load_manifest(cache, "train")
+    check_config(config)
+    strategy = strategy or distribute.make_strategy(config.train)
+    check_replicas(config, strategy.num_replicas_in_sync)
+    manifest = pipeline.load_manifest(config.features.cache_dir, "train")
     tokenizer = text.Tokenizer(pipeline.vocabulary_path(manifest), config.data.max_caption_words)
-    per_epoch = steps_per_epoch(config, manifest)
-    total = per_epoch * config.train.epochs
+    data = pipeline.TrainingData(config.features.cache_dir, tokenizer, config.pipeline)
+    total = data.steps_per_epoch * config.train.epochs
     tc = config.train
     with strategy.scope():
         decoder = build_decoder(config, tokenizer.vocab_size, manifest["grid_shape"])
         schedule = WarmupCosine(tc.learning_rate, tc.warmup_steps, total,
                                 tc.min_learning_rate_ratio)
-        optimizer = keras.optimizers.Adam(schedule, global_clipnorm=tc.clip_norm or None)
+        optimizer = SummedGradientsAdam(schedule)
         if tc.mixed_precision == "mixed_float16":
             # float16 gradients underflow without it; bfloat16 has float32's range.
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -148,20 +150,24 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
-    checkpoint = tf.train.Checkpoint(decoder=decoder, optimizer=optimizer, **state)
-    latest = tf.train.CheckpointManager(
-        checkpoint, _checkpoint_dir(os.path.join(tc.train_dir, "latest"), strategy),
-        max_to_keep=tc.keep_checkpoints)
-    best = tf.train.CheckpointManager(
-        checkpoint, _checkpoint_dir(os.path.join(tc.train_dir, "best"), strategy), max_to_keep=1)
-    return Trainer(config, strategy, tokenizer, decoder, optimizer, checkpoint, latest, best,
-                   state, per_epoch, total)
+    checkpoint = tf.train.Checkpoint(decoder=decoder, optimizer=optimizer,
+                                     rng=rng_state(decoder), **state)
+    latest_dir, best_dir = checkpoint_dirs(tc.train_dir, strategy)
+    latest = tf.train.CheckpointManager(checkpoint, latest_dir, max_to_keep=tc.keep_checkpoints)
+    best = tf.train.CheckpointManager(checkpoint, best_dir, max_to_keep=1)
+    return Trainer(config, strategy, tokenizer, data, decoder, optimizer, checkpoint, latest,
+                   best, state, total)
 
 
-def make_step(trainer: Trainer):
-    """The distributed train step: batch -> summed (loss, stats, grad norm)."""
+def _replica_step(trainer: Trainer):
+    """(features, tokens) of one replica -> (loss, stats, gradient norm), weights updated.
+
+    The gradient is summed across replicas before anything looks at it: the
+    clip uses the global batch's norm, and the loss scale sees the summed
+    gradient, so an overflow on any replica skips the step on all of them.
+    """
     tc = trainer.config.train
-    decoder, optimizer, strategy = trainer.decoder, trainer.optimizer, trainer.strategy
+    decoder, optimizer = trainer.decoder, trainer.optimizer
     global_batch = trainer.config.pipeline.batch_size
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -172,46 +178,94 @@ def make_step(trainer: Trainer):
             target = optimizer.scale_loss(loss) if scaled else loss
         return loss, stats, tape.gradient(target, decoder.trainable_variables)
 
-    # XLA compiles the model's forward and backward pass; the optimizer update
-    # stays outside, where tf.distribute does its cross-replica reduction.
+    # XLA compiles the model's forward and backward pass; the all-reduce and the
+    # optimizer update stay outside, where tf.distribute places them.
     compiled = tf.function(gradients, jit_compile=tc.jit_compile)
 
     def replica_step(features, tokens):
+        trainer.traces += 1  # Python runs only while tracing: a count of traces
         loss, stats, grads = compiled(features, tokens)
-        # A LossScaleOptimizer takes the scaled gradients and unscales them itself.
-        optimizer.apply_gradients(zip(grads, decoder.trainable_variables))
+        grads = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, grads)
+        scale = optimizer.dynamic_scale if scaled else None
+        if scaled:
+            grads = [g / scale for g in grads]
         norm = tf.linalg.global_norm(grads)
-        return loss, stats, norm / optimizer.dynamic_scale if scaled else norm
+        if tc.clip_norm:
+            # An infinite norm makes every gradient NaN: the loss scale then skips.
+            grads, _ = tf.clip_by_global_norm(grads, tc.clip_norm, use_norm=norm)
+        if scaled:  # it unscales (and checks) what it is given
+            grads = [g * scale for g in grads]
+        optimizer.apply(grads, decoder.trainable_variables)
+        return loss, stats, norm
+
+    return replica_step
+
+
+def _reduced(strategy, loss, stats, norm):
+    total = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)  # noqa: E731
+    return (total(loss), {k: total(v) for k, v in stats.items()},
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+
+
+def make_step(trainer: Trainer):
+    """One distributed train step: (features, tokens) -> summed (loss, stats), mean
+    gradient norm. Traced once per batch shape (one per bucket boundary)."""
+    replica_step, strategy = _replica_step(trainer), trainer.strategy
 
     @tf.function
     def step(features, tokens):
-        loss, stats, norm = strategy.run(replica_step, args=(features, tokens))
-        total = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)  # noqa: E731
-        return (total(loss), {k: total(v) for k, v in stats.items()},
-                strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+        return _reduced(strategy, *strategy.run(replica_step, args=(features, tokens)))
 
     return step
 
 
+def make_multi_step(trainer: Trainer):
+    """n steps in one call: (iterator, n) -> (loss, stats) summed over the n steps,
+    the last step's gradient norm. One trace in all (tokens' length is dynamic
+    inside the loop, so TPUs need pipeline.fixed_shapes)."""
+    replica_step, strategy = _replica_step(trainer), trainer.strategy
+
+    @tf.function
+    def steps(iterator, n):
+        loss, stats, norm = _reduced(strategy, *strategy.run(replica_step,
+                                                             args=next(iterator)))
+        for _ in tf.range(n - 1):
+            more = _reduced(strategy, *strategy.run(replica_step, args=next(iterator)))
+            loss += more[0]
+            stats = {k: stats[k] + more[1][k] for k in stats}
+            norm = more[2]
+        return loss, stats, norm
+
+    return steps
+
+
 def greedy_captions(trainer: Trainer, split_role: str, limit: int = 0,
                     max_len: int | None = None) -> dict[str, str]:
-    """image_id -> greedy caption, free-running (what validation scores)."""
+    """image_id -> greedy caption, free-running (what validation scores). The
+    search runs on the replicas; only turning ids into words happens here."""
     max_len = max_len or pipeline.max_tokens(trainer.config.data.max_caption_words)
-    decoder, tokenizer = trainer.decoder, trainer.tokenizer
+    decoder, strategy = trainer.decoder, trainer.strategy
     if max_len not in trainer.greedy_fns:
-        @tf.function(reduce_retracing=True)  # the short last batch reuses the trace
+        @tf.function
         def decode(feats):
-            tokens, _, _, _ = decoding.greedy(decoder, feats, max_len)
-            return tokenizer.detokenize(tokens)
+            tokens = strategy.run(lambda f: decoding.greedy(decoder, f, max_len)[0],
+                                  args=(feats,))
+            return strategy.gather(tokens, axis=0)
         trainer.greedy_fns[max_len] = decode
     decode = trainer.greedy_fns[max_len]
 
+    cache, replicas = trainer.config.features.cache_dir, strategy.num_replicas_in_sync
+    batch = -(-trainer.config.train.val_batch_size // replicas) * replicas
+    ids = pipeline.image_dataset(cache, split_role, batch, static=True)
+    feats = distribute.distribute(strategy, lambda: pipeline.image_dataset(
+        cache, split_role, batch, static=True).map(lambda b: (b["features"],)))
     out: dict[str, str] = {}
-    ds = pipeline.image_dataset(trainer.config.features.cache_dir, split_role,
-                                trainer.config.train.val_batch_size)
-    for batch in ds:
-        for i, c in zip(batch["image_id"].numpy(), decode(batch["features"]).numpy()):
-            out[i.decode()] = c.decode("utf-8")
+    for rows, (grid,) in zip(ids, feats):
+        captions = trainer.tokenizer.detokenize(decode(grid)).numpy()
+        for i, c in zip(rows["image_id"].numpy(), captions):
+            if i:  # "" marks the rows that fill the last batch
+                out[i.decode()] = c.decode("utf-8")
         if limit and len(out) >= limit:
             break
     return out
@@ -227,16 +281,29 @@ def validate(trainer: Trainer) -> dict[str, float]:
     return {"BLEU-4": scores["BLEU-4"], "CIDEr-D": scores["CIDEr-D"], "samples": samples}
 
 
+def _next_call(step: int, trainer: Trainer) -> int:
+    """Steps the next call runs: at most steps_per_execution, never past a log,
+    checkpoint or epoch boundary (they keep their cadence)."""
+    tc = trainer.config.train
+    n = min(tc.steps_per_execution, trainer.total_steps - step)
+    for every in (trainer.steps_per_epoch, tc.checkpoint_every, tc.log_every):
+        if every > 0:
+            n = min(n, every - step % every)
+    return max(n, 1)
+
+
 def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
           progress: bool = True) -> dict:
     """Trains until `epochs` are done, early stopping, or `max_minutes`; resumes
-    from the latest checkpoint in train_dir. Returns a summary dict."""
+    from the latest checkpoint of the chief. Returns a summary dict."""
     trainer = make_trainer(config, strategy)
-    tc = config.train
+    tc, strategy = config.train, trainer.strategy
+    chief = distribute.is_chief(strategy)
     step_var = trainer.state["step"]
-    restored = trainer.latest.latest_checkpoint
+    # Every worker restores the chief's checkpoint: the others' own are never read.
+    restored = tf.train.latest_checkpoint(io.join(tc.train_dir, "latest"))
     if restored:
-        restore_checked(trainer.latest.checkpoint, restored)
+        restore_checked(trainer.checkpoint, restored)
         log.info("resumed from %s at step %d", restored, int(step_var.numpy()))
     start_step = int(step_var.numpy())
     finished = _read_finished(tc.train_dir)
@@ -247,13 +314,13 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
         log.info("training already finished at step %d", start_step)
         return _summary(trainer, stopped=finished["stopped"] if finished else "complete")
 
-    ds = pipeline.training_dataset(config.features.cache_dir, trainer.tokenizer, config.pipeline,
-                                   repeat=True).skip(start_step)
-    dist = iter(trainer.strategy.experimental_distribute_dataset(ds))
+    dist = distribute.distribute(strategy, lambda: trainer.data.dataset(start_step, tc.epochs))
+    iterator = iter(dist)
     step_fn = make_step(trainer)
+    multi_fn = make_multi_step(trainer) if tc.steps_per_execution > 1 else None
     # One set of curves: other workers log nothing (they share train_dir).
-    writer = tf.summary.create_file_writer(os.path.join(tc.train_dir, "logs")) \
-        if _is_chief(trainer.strategy) else tf.summary.create_noop_writer()
+    writer = tf.summary.create_file_writer(io.join(tc.train_dir, "logs")) \
+        if chief else tf.summary.create_noop_writer()
     begun, stopped = time.perf_counter(), "complete"
     tokens_seen, window_start = 0.0, time.perf_counter()
     bar = None
@@ -265,32 +332,38 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
                                       stateful_metrics=["loss", "tokens/s", "lr"])
             if progress:
                 print(f"epoch {epoch + 1}/{tc.epochs}")
-        features, tokens = next(dist)
-        loss, stats, norm = step_fn(features, tokens)
-        loss = float(loss)
+        n = _next_call(step, trainer)
+        if n == 1:
+            loss, stats, norm = step_fn(*next(iterator))
+        else:
+            loss, stats, norm = multi_fn(iterator, tf.constant(n))
+        loss = float(loss)  # the one host round trip per call
         if not math.isfinite(loss):
             raise NonFiniteLoss(
-                f"loss became {loss} at step {step + 1}; the last good checkpoint "
+                f"loss became {loss} at step {step + n}; the last good checkpoint "
                 f"({trainer.latest.latest_checkpoint}) is untouched. Lower "
                 "train.learning_rate or train.clip_norm, or check the features for NaNs")
-        step += 1
+        step += n
         step_var.assign(step)
         tokens_seen += float(stats["tokens"])
         per_token = float(stats["xent"]) / max(float(stats["tokens"]), 1.0)
         rate = tokens_seen / (time.perf_counter() - window_start)
         lr = float(trainer.optimizer.learning_rate)
-        bar.update(in_epoch + 1, [("loss", per_token), ("tokens/s", rate), ("lr", lr)])
+        bar.update(in_epoch + n, [("loss", per_token), ("tokens/s", rate), ("lr", lr)])
         if step % tc.log_every == 0:
             with writer.as_default(step=step):
                 tf.summary.scalar("loss/cross_entropy_per_token", per_token)
                 tf.summary.scalar("loss/regulariser", float(stats["regulariser"]) /
                                   max(float(stats["captions"]), 1.0))
-                tf.summary.scalar("loss/total", loss)
+                tf.summary.scalar("loss/total", loss / n)
                 tf.summary.scalar("learning_rate", lr)
                 tf.summary.scalar("gradient_norm", float(norm))
                 tf.summary.scalar("tokens_per_second", rate)
             tokens_seen, window_start = 0.0, time.perf_counter()
-        out_of_time = tc.max_minutes and time.perf_counter() - begun > tc.max_minutes * 60
+        # Decided once for all workers: one worker's clock must not leave the
+        # others waiting in an all-reduce.
+        out_of_time = bool(tc.max_minutes) and distribute.agree(
+            strategy, time.perf_counter() - begun > tc.max_minutes * 60)
         if step % trainer.steps_per_epoch == 0:
             if _end_of_epoch(trainer, writer, step, progress):
                 stopped = "early stopping"
@@ -299,24 +372,21 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
             trainer.latest.save(checkpoint_number=step)
         if out_of_time:
             stopped = f"time limit ({tc.max_minutes} min)"
+            log.warning("stopped by train.max_minutes=%s at step %d of %d: the model is "
+                        "not the one the pipeline describes and its scores are lower",
+                        tc.max_minutes, step, trainer.total_steps)
             break
     writer.flush()
     summary = _summary(trainer, stopped=stopped)
-    if _is_chief(trainer.strategy):
-        write_json(os.path.join(tc.train_dir, FINISHED), summary)
+    if chief:
+        io.write_json(io.join(tc.train_dir, FINISHED), summary)
     return summary
-
-
-FINISHED = "finished.json"
 
 
 def _read_finished(train_dir: str) -> dict | None:
     """The summary a run leaves when it ends on its own (not when killed)."""
-    path = os.path.join(train_dir, FINISHED)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = io.join(train_dir, FINISHED)
+    return io.read_json(path) if io.exists(path) else None
 
 
 def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
@@ -335,22 +405,23 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
         state["best_metric"].assign(scores["CIDEr-D"])
         state["bad_epochs"].assign(0)
         trainer.best.save(checkpoint_number=step)
-        if _is_chief(trainer.strategy):  # workers share train_dir: one writer, no race
-            write_json(os.path.join(trainer.config.train.train_dir, "best.json"),
-                       {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
-                                                         if k != "samples"}})
+        if distribute.is_chief(trainer.strategy):  # workers share train_dir: one writer
+            io.write_json(io.join(trainer.config.train.train_dir, "best.json"),
+                          {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
+                                                            if k != "samples"}})
     else:
         state["bad_epochs"].assign_add(1)
     # After validation, so the counters above are in the checkpoint too.
     trainer.latest.save(checkpoint_number=step)
-    return int(state["bad_epochs"].numpy()) >= trainer.config.train.patience
+    # Every worker scored the same captions; agreeing still guards the collective.
+    return distribute.agree(trainer.strategy,
+                            int(state["bad_epochs"].numpy()) >= trainer.config.train.patience)
 
 
 def _summary(trainer: Trainer, stopped: str) -> dict:
     return {"stopped": stopped, "step": int(trainer.state["step"].numpy()),
-            "total_steps": trainer.total_steps,
+            "total_steps": trainer.total_steps, "steps_per_epoch": trainer.steps_per_epoch,
+            "step_traces": trainer.traces,
             "best_CIDEr-D": float(trainer.state["best_metric"].numpy()),
             "best_checkpoint": trainer.best.latest_checkpoint,
             "latest_checkpoint": trainer.latest.latest_checkpoint}
-
-

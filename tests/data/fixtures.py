@@ -53,5 +53,5 @@ def make_dataset(root: pathlib.Path, count: int = 10, bad: bool = True) -> RunCo
         data=DataConfig(source="jsonl", root=str(root), annotations=str(root / "captions.jsonl")),
         features=FeatureConfig(backbone="squeezenet", weights="random", input_size=64,
                                cache_dir=str(root / "cache"), batch_size=4, shard_size=4),
-        pipeline=PipelineConfig(batch_size=5, shuffle_buffer=16, bucket_boundaries=(4, 6)),
+        pipeline=PipelineConfig(batch_size=5, shuffle_window=16, bucket_boundaries=(4, 6)),
     )

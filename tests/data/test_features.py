@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption.data import features
-from tests.data.fixtures import make_dataset
+from tfcaption.config import DataConfig, FeatureConfig, RunConfig
+from tfcaption.data import features, pipeline, synthetic, text
+from tests.data.fixtures import WORDS, make_dataset
 
 
 @pytest.fixture
@@ -127,18 +128,78 @@ def test_shards_split_across_workers(config):
         features.parse_shard_spec("2/2")
 
 
-def test_cache_of_other_inputs_is_not_mixed_in(config):
+def shard_files(cache_split_dir: str) -> set[str]:
+    return {n for n in os.listdir(cache_split_dir) if n.endswith(".tfrecord")}
+
+
+def test_cache_of_other_inputs_is_remade_not_mixed_in(config, caplog):
+    """Half a cache made with one backbone, the rest asked for with another: the
+    stale shards go and every shard is made from the inputs asked for now."""
     out = features.split_dir(config.features.cache_dir, "train")
     features.extract(config, "train", shard=(0, 2))
+    half = shard_files(out)
     config.features.seed = 1  # other random weights: other features
-    with pytest.raises(RuntimeError, match="holds a cache of other inputs"):
-        features.extract(config, "train")
-    config.features.seed = 0
+    manifest = features.extract(config, "train")
+    assert "holds a cache of other inputs" in caplog.text and "random:1" in caplog.text
+    assert manifest["complete"] and manifest["weights"] == "random:1"
+    assert shard_files(out) == set(manifest["shards"]) and not half & set(manifest["shards"])
     # fire8 and fire9 give grids of the same shape: only the layer tells them apart.
     config.features.layer = "fire8_concat"
-    with pytest.raises(RuntimeError, match="holds a cache of other inputs.*layer"):
-        features.extract(config, "train")
-    assert os.path.exists(os.path.join(out, "fingerprint.json"))
+    again = features.extract(config, "train")
+    assert again["fingerprint"]["layer"] == "fire8_concat"
+    assert shard_files(out) == set(again["shards"]) and not set(manifest["shards"]) & set(
+        again["shards"])
+    assert len(cached_ids(out)) == again["count"] == 10
+
+
+def test_changed_caption_text_remakes_the_cache(config):
+    """Same images and ids, one caption edited: the records carry captions, so the
+    cache is made again and holds the new text."""
+    features.extract(config, "train")
+    annotations = pathlib.Path(config.data.annotations)
+    rows = [json.loads(line) for line in annotations.read_text().splitlines()]
+    rows[0]["captions"][0] = "an edited caption"
+    annotations.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    features.extract(config, "train")
+    refs = pipeline.references(config.features.cache_dir, "train")
+    assert "an edited caption" in [c for captions in refs.values() for c in captions]
+    vocab = text.load_vocabulary(features.vocabulary_file(config.features.cache_dir))
+    assert "edited" in vocab
+
+
+def test_vocabulary_settings_remake_the_vocabulary_not_the_features(config, monkeypatch):
+    cache = config.features.cache_dir
+    first = features.extract(config, "train")
+    size = len(text.load_vocabulary(features.vocabulary_file(cache)))
+    assert first["vocabulary"]["size"] == size == 4 + len(set(WORDS))
+    monkeypatch.setattr(features.Extractor, "write_shards",
+                        lambda *a, **k: pytest.fail("the records do not depend on min_count"))
+    config.data.max_vocab = 7
+    assert features.extract(config, "train")["vocabulary"]["size"] == 7
+    assert len(text.load_vocabulary(features.vocabulary_file(cache))) == 7
+    config.data.max_vocab, config.data.min_count = 0, 1000
+    assert features.extract(config, "train")["vocabulary"]["size"] == 4
+    assert text.load_vocabulary(features.vocabulary_file(cache)) == list(text.SPECIALS)
+
+
+def test_synthetic_world_of_another_image_size_remakes_the_cache(tmp_path):
+    """Another image size can draw the same ids and captions (as seed 1 does
+    for its first two train images at 64 and 80 px): only the world's settings
+    tell the images apart."""
+    root = str(tmp_path / "world")
+    config = RunConfig(name="w", data=DataConfig(source="synthetic", root=root),
+                       features=FeatureConfig(weights="random", input_size=64, batch_size=4,
+                                              shard_size=4, cache_dir=str(tmp_path / "cache")))
+    synthetic.generate(root, seed=1, counts=(2, 1, 1), image_size=64)
+    named = lambda: [(ex.image_id, ex.image, ex.captions)  # noqa: E731
+                     for ex in features.load_examples(config.data, "train")]
+    before = named()
+    first = features.extract(config, "train")
+    synthetic.generate(root, seed=1, counts=(2, 1, 1), image_size=80)
+    assert named() == before
+    second = features.extract(config, "train")
+    assert not set(second["shards"]) & set(first["shards"])
+    assert second["fingerprint"]["world"]["image_size"] == 80
 
 
 def test_large_image_is_resized(tmp_path):
@@ -154,7 +215,7 @@ def test_sigkill_half_way_then_resume(tmp_path):
     config_file = tmp_path / "pipeline.py"
     make_dataset(tmp_path, count=40, bad=False)
     config_file.write_text(
-        "from tests.data.fixtures import make_dataset\nimport pathlib\n"
+        "from tests.data.fixtures import WORDS, make_dataset\nimport pathlib\n"
         f"CONFIG = make_dataset(pathlib.Path({str(tmp_path)!r}), count=40, bad=False)\n")
     cmd = [sys.executable, "-m", "tfcaption.cli", "extract", str(config_file), "--split", "train"]
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}

@@ -34,23 +34,30 @@ def test_one_row_per_image_caption_pair_per_epoch(cache):
             expected[(image_id, tuple(tokens))] += 1
     seen = collections.Counter()
     ds = pipeline.training_dataset(config.features.cache_dir, tokenizer, config.pipeline)
+    bounds = [4, 6, 10]  # the configured (4, 6) and max_words + 2
+    assert ds.element_spec[0].shape.as_list() == [5, 9, 512]  # static batch and grid
+    batches = 0
     for feats, tokens in ds:
+        batches += 1
         assert feats.dtype == tf.float16 and tokens.dtype == tf.int32
-        assert feats.shape[1:] == (9, 512)
-        # Padded to the batch's own longest caption, not to a global maximum.
         lengths = tf.reduce_sum(tf.cast(tokens != 0, tf.int32), axis=1).numpy()
-        assert tokens.shape[1] == lengths.max()
+        # Padded to the smallest boundary that holds the longest caption.
+        assert tokens.shape[1] == min(b for b in bounds if b >= lengths.max())
         for grid, row, n in zip(feats.numpy(), tokens.numpy(), lengths):
-            seen[(grids[grid_key(grid)], tuple(row[:n]))] += 1
+            if n:  # rows of padding only fill the last batch to 5
+                seen[(grids[grid_key(grid)], tuple(row[:n]))] += 1
     assert seen == expected
+    assert batches == 8  # ceil(36 / 5): nothing dropped
 
 
 def test_epochs_are_shuffled_differently(cache):
     config, tokenizer = cache
-    ds = pipeline.training_dataset(config.features.cache_dir, tokenizer, config.pipeline)
-    first = [t.numpy().tolist() for _, t in ds]
-    second = [t.numpy().tolist() for _, t in ds]
-    assert first != second
+    ds = pipeline.training_dataset(config.features.cache_dir, tokenizer, config.pipeline,
+                                   epochs=2)
+    both = [t.numpy().tolist() for _, t in ds]
+    assert len(both) == 16 and both[:8] != both[8:]
+    again = [t.numpy().tolist() for _, t in ds]
+    assert again == both  # a function of (seed, epoch), not of the iteration
 
 
 def test_fixed_shapes_for_tpu(cache):
@@ -62,8 +69,9 @@ def test_fixed_shapes_for_tpu(cache):
         config.pipeline.fixed_shapes = False
     feats_spec, tokens_spec = ds.element_spec
     assert tokens_spec.shape.as_list() == [5, 10]
-    assert feats_spec.shape.as_list() == [5, None, None] or feats_spec.shape[0] == 5
-    assert sum(1 for _ in ds) == 36 // 5  # the short remainder is dropped
+    assert feats_spec.shape.as_list() == [5, 9, 512]
+    rows = sum(int(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.int32))) for _, t in ds)
+    assert rows == 36  # the short last batch is filled with masked rows, not dropped
 
 
 def test_no_python_in_the_input_graph(cache):
@@ -101,13 +109,15 @@ def test_captions_grouped_by_image(cache, k):
            for i, c in refs.items()}
     seen = []
     for feats, tokens in pipeline.training_dataset(config.features.cache_dir, tokenizer, cfg):
-        assert tokens.shape[0] == k * feats.shape[0] and feats.shape[0] <= 3
+        assert tokens.shape[0] == k * feats.shape[0] and feats.shape[0] == 3
         lengths = tf.reduce_sum(tf.cast(tokens != 0, tf.int32), axis=1).numpy()
-        assert tokens.shape[1] == lengths.max()
+        assert tokens.shape[1] >= lengths.max()
         rows = [tuple(r[:n]) for r, n in zip(tokens.numpy(), lengths)]
         for i, grid in enumerate(feats.numpy()):
-            image_id = grids[grid_key(grid)]
             mine = rows[i * k:(i + 1) * k]
+            if not any(mine):
+                continue  # a masked image filling the last batch
+            image_id = grids[grid_key(grid)]
             assert set(mine) <= own[image_id]
             assert len(set(mine)) == min(k, len(own[image_id]))
             seen.append(image_id)
@@ -125,3 +135,46 @@ def test_grouped_fixed_shapes_and_a_batch_that_is_not_whole_images(cache):
     with pytest.raises(ValueError, match="multiple of"):
         pipeline.training_dataset(config.features.cache_dir, tokenizer,
                                   dataclasses.replace(cfg, batch_size=5))
+
+
+def batches_of(ds):
+    return [(f.numpy().tobytes(), t.numpy().tolist()) for f, t in ds]
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_streamed_and_in_memory_give_the_same_batches_and_resume_anywhere(cache, k):
+    """The order is the plan's: the same whether the cache is in memory or read
+    one window (here one shard) at a time; starting at step s gives the batches
+    from s on, without the windows before it."""
+    config, tokenizer = cache
+    cfg = dataclasses.replace(config.pipeline, captions_per_image=k, batch_size=4,
+                              shuffle_window=4)
+    memory = pipeline.TrainingData(config.features.cache_dir, tokenizer, cfg)
+    streamed = pipeline.TrainingData(config.features.cache_dir, tokenizer,
+                                     dataclasses.replace(cfg, cache_in_memory=False))
+    assert len(memory.windows) == 3 and memory.memory is not None and streamed.memory is None
+    everything = batches_of(memory.dataset(0, 2))
+    assert len(everything) == 2 * memory.steps_per_epoch
+    assert batches_of(streamed.dataset(0, 2)) == everything
+    first = memory.batches_per_window[memory.schedule(0, 2)[0][1]]
+    for start in (1, first + 1, memory.steps_per_epoch + 2):
+        assert batches_of(streamed.dataset(start, 2)) == everything[start:]
+        # Windows already trained on are not in the schedule: never read.
+        skipped = len(streamed.schedule(0, 2)) - len(streamed.schedule(start, 2))
+        done, whole = 0, 0
+        for _, w, _ in streamed.schedule(0, 2):
+            if done + streamed.batches_per_window[w] > start:
+                break
+            done, whole = done + streamed.batches_per_window[w], whole + 1
+        assert skipped == whole and (whole > 0) == (start >= first)
+    windows_order = [w for e, w, _ in memory.schedule(0, 2)]
+    assert windows_order[:3] != windows_order[3:] or k  # epochs visit windows differently
+
+
+def test_static_image_batches_fill_the_last_batch(cache):
+    config, _ = cache
+    batches = list(pipeline.image_dataset(config.features.cache_dir, "train", batch_size=5,
+                                          static=True))
+    assert [b["features"].shape[0] for b in batches] == [5, 5, 5]
+    ids = [i.decode() for b in batches for i in b["image_id"].numpy()]
+    assert ids[-3:] == ["", "", ""] and len(set(ids[:12])) == 12

@@ -153,6 +153,9 @@ def test_get_config_round_trips():
 
 @pytest.mark.parametrize("kernel, reach", [(1, {(0, 0)}), (3, {(0, 0), (0, 1), (1, 0), (1, 1)})])
 def test_feature_kernel_spans_neighbouring_cells(kernel, reach):
+    # Seeded: a ReLU projection can be dead at one cell for some initial weights,
+    # and the global seed otherwise depends on which tests ran before.
+    tf.keras.utils.set_random_seed(0)
     h = w = 5
     decoder = GRUDecoder(vocab_size=VOCAB, embedding_dim=8, units=8, attention_units=8,
                          feature_dim=8, dropout=0.0, feature_kernel=kernel, grid_shape=(h, w))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,3 +42,17 @@ class Example:
     image: str | bytes
     captions: tuple[str, ...]
     boxes: tuple[Box, ...] = ()
+
+
+def examples_digest(examples) -> str:
+    """sha1 over each example's id, image path and caption text, in order: what
+    a stage built from the examples depends on. Image content is left out:
+    digesting it would mean reading all of COCO (20 GB) to check a cache; a
+    path, with the source's settings (the synthetic world's seed and size),
+    names the image well enough."""
+    digest = hashlib.sha1()
+    for ex in examples:
+        image = ex.image if isinstance(ex.image, str) else ""
+        digest.update(json.dumps([ex.image_id, image, list(ex.captions)]).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()

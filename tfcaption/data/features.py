@@ -3,16 +3,24 @@
 Layout of one split's cache (`<cache_dir>/<split>/`):
 
     fingerprint.json             what the cache is made of; written first
-    features-00003-of-00012.json      the shard's ids and skipped files
     features-00003-of-00012.tfrecord  one record per image (float16 grid)
+    features-00003-of-00012.json      the shard's ids, skipped files and inputs
     manifest.json                written last, once every shard is complete
 
 Shard k always holds examples [k*S, (k+1)*S) of the source's deterministic
 order, so shards can be made in any order, by several machines (`--shard i/n`
 takes every shard k with k % n == i) and by a run that resumes after a kill.
-A shard is written under a temporary name and renamed when complete, so a
-shard file that exists is complete; `manifest.json` exists only when every
-shard does. Readers refuse a cache without a manifest.
+A shard is written under a temporary name (one per process) and renamed when
+complete, so a shard file that exists is complete; `manifest.json` exists only
+when every shard does. Readers refuse a cache without a manifest.
+
+What a cache is made of (the fingerprint) is judged by content: the examples'
+ids, image paths and caption text, the synthetic world's settings, the
+backbone, and for the train split the vocabulary settings. Shard names end in
+a digest of the inputs their records depend on, so a shard of other inputs is
+never taken for one of these. When the inputs change, the cache is re-made in
+place (stale shards removed); a change of the vocabulary settings alone, which
+the records do not depend on, re-makes only the vocabulary and the manifest.
 
 Images are read and decoded inside tf.data (no Python per image on the fast
 path); an image that fails to read or decode is dropped there, found missing
@@ -23,8 +31,6 @@ under `skipped` in the shard's sidecar and the manifest.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import json
 import logging
 import math
 import os
@@ -33,9 +39,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tfcaption import io
 from tfcaption.config import RunConfig
 from tfcaption.data import text
-from tfcaption.data.example import Example
+from tfcaption.data.example import Example, examples_digest
 from tfcaption.data.sources import load_examples
 from tfcaption.models.backbones import build_backbone, cell_centres
 
@@ -50,21 +57,14 @@ def split_dir(cache_dir: str, split_role: str) -> str:
     return os.path.join(cache_dir, split_role)
 
 
-def shard_name(index: int, count: int) -> str:
-    return f"features-{index:05d}-of-{count:05d}"
+def shard_name(index: int, count: int, inputs: str = "") -> str:
+    """inputs: the digest of what the records are made of (see _records_key)."""
+    return f"features-{index:05d}-of-{count:05d}" + (f"-{inputs[:12]}" if inputs else "")
 
 
-def write_json(path: str, obj) -> None:
-    """Atomic: a reader sees the old file or the whole new one, never half."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def vocabulary_file(cache_dir: str) -> str:
+    """The vocabulary the train split's manifest builds (one for all splits)."""
+    return io.join(cache_dir, VOCABULARY)
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -72,13 +72,6 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
-
-
-def _ids_digest(examples: list[Example]) -> str:
-    digest = hashlib.sha1()
-    for ex in examples:
-        digest.update(ex.image_id.encode("utf-8") + b"\0")
-    return digest.hexdigest()
 
 
 def _serialize(image_id: str, grid: np.ndarray, ex: Example) -> bytes:
@@ -90,6 +83,14 @@ def _serialize(image_id: str, grid: np.ndarray, ex: Example) -> bytes:
             bytes_list=tf.train.BytesList(value=[c.encode("utf-8") for c in ex.captions])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _open_shard(path: str) -> tf.io.TFRecordWriter:
+    """A writer of the shard's temporary file. A leftover of this process (a
+    failed attempt) is removed first: ram:// would append to it."""
+    tmp = io.temp_name(f"{path}.tfrecord")
+    io.remove(tmp)
+    return tf.io.TFRecordWriter(tmp)
 
 
 def _diagnose(ex: Example) -> str:
@@ -154,7 +155,7 @@ class Extractor:
         def finish():
             j = state["job"]
             examples, path = jobs[j]
-            writer = state["writer"] or tf.io.TFRecordWriter(f"{path}.tfrecord.tmp")
+            writer = state["writer"] or _open_shard(path)
             writer.close()
             sidecars.append(self._finish_shard(examples, path, state["done"]))
             if on_shard:
@@ -167,7 +168,7 @@ class Extractor:
                     finish()
                 examples, path = jobs[state["job"]]
                 if state["writer"] is None:
-                    state["writer"] = tf.io.TFRecordWriter(f"{path}.tfrecord.tmp")
+                    state["writer"] = _open_shard(path)
                 first = ends[state["job"]] - len(examples)
                 ex = examples[i - first]
                 state["writer"].write(_serialize(ex.image_id, grid, ex))
@@ -212,24 +213,51 @@ class Extractor:
                 log.warning("skipped %s: %s", where, reason)
                 skipped.append({"image_id": ex.image_id, "path": where, "error": reason})
         sidecar = {"count": len(done), "image_ids": [examples[i].image_id for i in done],
+                   # What the training plan needs to count a window's rows
+                   # without reading its records.
+                   "caption_counts": [len(examples[i].captions) for i in done],
                    "skipped": skipped}
-        write_json(f"{path}.json", sidecar)
-        os.replace(f"{path}.tfrecord.tmp", f"{path}.tfrecord")
+        io.write_json(f"{path}.json", sidecar)
+        io.gfile.rename(io.temp_name(f"{path}.tfrecord"), f"{path}.tfrecord", overwrite=True)
         return sidecar
 
 
 def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict:
     dc, fc = config.data, config.features
-    return {
-        "source": dc.source, "root": os.path.abspath(dc.root), "annotations": dc.annotations,
+    fingerprint = {
+        "source": dc.source, "root": io.abspath(dc.root), "annotations": dc.annotations,
         "split": getattr(dc, f"{split_role}_split"), "split_role": split_role,
-        "examples": len(examples), "image_ids_sha1": _ids_digest(examples),
+        # The records hold the captions, and the vocabulary is counted from them.
+        "examples": len(examples), "examples_sha1": examples_digest(examples),
         "backbone": fc.backbone, "weights": backbone.weights_id,
         # Only when set, so caches made before the option existed stay valid.
         **({"layer": backbone.layer} if backbone.layer else {}),
         "input_size": backbone.input_size, "grid_shape": list(backbone.grid_shape),
         "shard_size": fc.shard_size,
     }
+    if dc.source == "synthetic":
+        # Another image size redraws the same scenes with the same captions:
+        # only the world's settings tell its images apart.
+        from tfcaption.data import synthetic
+        fingerprint["world"] = synthetic.world_settings(dc.root)
+    if split_role == "train":
+        fingerprint["vocabulary"] = {"min_count": dc.min_count, "max_vocab": dc.max_vocab}
+    return fingerprint
+
+
+def _records_key(fingerprint: dict) -> str:
+    """What the shards' records depend on: everything but the vocabulary settings."""
+    return io.digest_json({k: v for k, v in fingerprint.items() if k != "vocabulary"})
+
+
+def _remove_stale(out: str, names: list[str]) -> None:
+    """Removes the manifest, then every shard file (and temporary file) not of
+    `names`. A worker still writing one of `names` keeps its temporary file."""
+    io.remove(io.join(out, MANIFEST))
+    wanted = set(names)
+    for name in io.listdir(out):
+        if name.startswith("features-") and name.split(".")[0] not in wanted:
+            io.remove(io.join(out, name))
 
 
 def parse_shard_spec(spec: str) -> tuple[int, int]:
@@ -251,30 +279,31 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
     if not examples:
         raise ValueError(f"the {split_role} split of {config.data.source} has no examples")
     out = split_dir(config.features.cache_dir, split_role)
-    os.makedirs(out, exist_ok=True)
+    io.makedirs(out)
     extractor = extractor or Extractor(config)
     wanted = _fingerprint(config, split_role, examples, extractor.backbone)
+    size = config.features.shard_size
+    count = math.ceil(len(examples) / size)
+    names = [shard_name(k, count, _records_key(wanted)) for k in range(count)]
 
-    manifest_path = os.path.join(out, MANIFEST)
-    if os.path.exists(manifest_path):
-        manifest = read_json(manifest_path)
+    manifest_path = io.join(out, MANIFEST)
+    if io.exists(manifest_path):
+        manifest = io.read_json(manifest_path)
         if manifest["fingerprint"] == wanted:
             log.info("%s: cache complete, nothing to do (%s)", split_role, manifest_path)
             return manifest
-    fingerprint_path = os.path.join(out, FINGERPRINT)
-    if os.path.exists(fingerprint_path) and read_json(fingerprint_path) != wanted:
-        have = read_json(fingerprint_path)
+    fingerprint_path = io.join(out, FINGERPRINT)
+    have = io.read_json(fingerprint_path) if io.exists(fingerprint_path) else None
+    if have is not None and have != wanted:
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
-        raise RuntimeError(
-            f"{out} holds a cache of other inputs ({diff}, as (cached, asked)); "
-            "choose another features.cache_dir or delete that folder")
-    write_json(fingerprint_path, wanted)
+        log.warning("%s: %s holds a cache of other inputs (%s, as (cached, now)); "
+                    "re-making it", split_role, out, diff)
+    if have != wanted:
+        _remove_stale(out, names)
+        io.write_json(fingerprint_path, wanted)
 
-    size = config.features.shard_size
-    count = math.ceil(len(examples) / size)
     mine = [k for k in range(count) if k % shard[1] == shard[0]]
-    todo = [k for k in mine if not os.path.exists(
-        os.path.join(out, shard_name(k, count)) + ".tfrecord")]
+    todo = [k for k in mine if not io.exists(io.join(out, names[k]) + ".tfrecord")]
     start, made = time.perf_counter(), []
 
     def progress(sidecar):
@@ -284,12 +313,10 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
                  split_role, todo[len(made) - 1] + 1, count, sidecar["count"], rate)
 
     if todo:
-        extractor.write_shards([(examples[k * size:(k + 1) * size],
-                                 os.path.join(out, shard_name(k, count))) for k in todo],
-                               on_shard=progress)
+        extractor.write_shards([(examples[k * size:(k + 1) * size], io.join(out, names[k]))
+                                for k in todo], on_shard=progress)
 
-    names = [shard_name(k, count) for k in range(count)]
-    missing = [n for n in names if not os.path.exists(os.path.join(out, f"{n}.tfrecord"))]
+    missing = [n for n in names if not io.exists(io.join(out, f"{n}.tfrecord"))]
     if missing:
         log.info("%s: %d of %d shards complete; the rest belong to other workers",
                  split_role, count - len(missing), count)
@@ -299,11 +326,11 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
 
 
 def _write_manifest(config, split_role, out, names, fingerprint, examples, centres) -> dict:
-    sidecars = [read_json(os.path.join(out, f"{n}.json")) for n in names]
+    sidecars = [io.read_json(io.join(out, f"{n}.json")) for n in names]
     skipped = [s for car in sidecars for s in car["skipped"]]
     dropped = {s["image_id"] for s in skipped}
     captions = [c for ex in examples if ex.image_id not in dropped for c in ex.captions]
-    vocab_path = os.path.join(config.features.cache_dir, VOCABULARY)
+    vocab_path = vocabulary_file(config.features.cache_dir)
     if split_role == "train":
         vocab = text.build_vocabulary(captions, config.data.min_count, config.data.max_vocab)
         text.save_vocabulary(vocab, vocab_path)
@@ -320,10 +347,10 @@ def _write_manifest(config, split_role, out, names, fingerprint, examples, centr
         "vocabulary": {"file": os.path.join("..", VOCABULARY),
                        "min_count": config.data.min_count, "max_vocab": config.data.max_vocab,
                        "size": len(text.load_vocabulary(vocab_path))
-                       if os.path.exists(vocab_path) else None},
+                       if io.exists(vocab_path) else None},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(os.path.join(out, MANIFEST), manifest)
+    io.write_json(io.join(out, MANIFEST), manifest)
     log.info("%s: cache complete: %d images, %d skipped -> %s", split_role,
              manifest["count"], len(skipped), out)
     return manifest
@@ -331,12 +358,12 @@ def _write_manifest(config, split_role, out, names, fingerprint, examples, centr
 
 def load_manifest(cache_dir: str, split_role: str) -> dict:
     """The manifest of a complete cache; a partial cache is refused, never read."""
-    path = os.path.join(split_dir(cache_dir, split_role), MANIFEST)
-    if not os.path.exists(path):
+    path = io.join(split_dir(cache_dir, split_role), MANIFEST)
+    if not io.exists(path):
         raise FileNotFoundError(
             f"no complete feature cache at {os.path.dirname(path)} ({MANIFEST} missing); "
             f"run `tfcaption extract` for the {split_role} split first")
-    manifest = read_json(path)
+    manifest = io.read_json(path)
     manifest["dir"] = os.path.dirname(path)
     return manifest
 

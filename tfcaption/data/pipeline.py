@@ -1,23 +1,19 @@
 """Feature cache -> tf.data: training batches of (features, tokens), and images for decoding.
 
-Training rows are (image, caption) pairs. An image's feature grid is parsed once
-and shared by its captions (`Dataset.from_tensors(grid).repeat(n)` yields the
-same buffer n times; nothing is copied until batching). Images are shuffled as
-a whole, then rows are shuffled again in a smaller buffer so that one batch does
-not hold all captions of one image.
+Training batches follow the plan in `batches.py`: a pure function of (seed,
+epoch, window) and the cached captions, with a fixed number of batches per
+epoch, exactly `batch_size` rows in every batch (masked rows fill the last
+batch of a window) and tokens padded to a bucket boundary. So the train step
+sees one shape per bucket, and a run resumed at step s starts at the window
+and offset of step s without reading what it trained on before.
 
-With `captions_per_image` = K, a batch is instead batch_size / K images and K
-captions of each: features (B / K, L, C) and tokens (B, T), image i's captions
-in rows i K .. i K + K - 1. The decoder encodes each image once and shares it
-with its K captions, which removes most of the step's encoding work (the
-feature projection and attention keys are two thirds of a forward pass at
-15x15 locations). tf.distribute splits both tensors in order, so as long as
-every replica gets whole images the rows stay aligned.
+The cache is either held in memory (`cache_in_memory`, read once) or streamed
+one window of shards at a time; both give the same batches.
 
-Batches are padded to their own longest caption, with rows grouped by length
-(`bucket_by_sequence_length`) so little of a batch is padding. For TPUs and XLA,
-`fixed_shapes` pads every batch to the same length and drops the short last
-batch, so the step compiles once.
+With `captions_per_image` = K, a batch is batch_size / K images and K captions
+of each: features (B / K, L, C) and tokens (B, T), image i's captions in rows
+i K .. i K + K - 1. The decoder encodes each image once and shares it with its
+K captions.
 
 Everything here is graph-only (no py_function), so the same dataset runs under
 any tf.distribute strategy and on TPU hosts.
@@ -29,8 +25,9 @@ import os
 
 import tensorflow as tf
 
+from tfcaption import io
 from tfcaption.config import PipelineConfig
-from tfcaption.data import text
+from tfcaption.data import batches, text
 from tfcaption.data.features import load_manifest
 
 _SPEC = {
@@ -41,19 +38,11 @@ _SPEC = {
 
 
 def vocabulary_path(manifest: dict) -> str:
-    return os.path.normpath(os.path.join(manifest["dir"], manifest["vocabulary"]["file"]))
+    return io.normpath(os.path.join(manifest["dir"], manifest["vocabulary"]["file"]))
 
 
-def read_records(manifest: dict, shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
-    """Cache -> dataset of dicts: image_id (), features (locations, channels) float16,
-    captions (n,) strings."""
+def _parsed(records: tf.data.Dataset, manifest: dict) -> tf.data.Dataset:
     h, w, c = manifest["grid_shape"]
-    files = [os.path.join(manifest["dir"], name) for name in manifest["shards"]]
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_files:
-        ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle_files)
 
     def parse(serialized):
         row = tf.io.parse_single_example(serialized, _SPEC)
@@ -61,7 +50,16 @@ def read_records(manifest: dict, shuffle_files: bool = False, seed: int = 0) -> 
         return {"image_id": row["image_id"], "features": grid,
                 "captions": tf.sparse.to_dense(row["captions"])}
 
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_records(manifest: dict) -> tf.data.Dataset:
+    """Cache -> dataset of dicts in cache order: image_id (), features (locations,
+    channels) float16, captions (n,) strings."""
+    files = [io.join(manifest["dir"], name) for name in manifest["shards"]]
+    # Read in sequence (not interleaved): the in-memory cache and the streamed
+    # windows index images by their place in shard order.
+    return _parsed(tf.data.TFRecordDataset(files, buffer_size=1 << 22), manifest)
 
 
 def max_tokens(max_words: int) -> int:
@@ -69,86 +67,194 @@ def max_tokens(max_words: int) -> int:
     return max_words + 2
 
 
+def _shard_counts(manifest: dict) -> tuple[list[int], list[list[int]] | None]:
+    """Images per shard, and captions per image of each shard when the sidecars
+    record them (caches made before they did: None, counted when read)."""
+    images, captions = [], []
+    for name in manifest["shards"]:
+        sidecar = io.read_json(io.join(manifest["dir"], name[: -len(".tfrecord")] + ".json"))
+        images.append(sidecar["count"])
+        captions.append(sidecar.get("caption_counts"))
+    return images, None if any(c is None for c in captions) else captions
+
+
+def _window_tensors(records: tf.data.Dataset, count, tokenizer: text.Tokenizer) -> dict:
+    """`count` parsed records -> one dict: features (n, L, C), the captions' tokens
+    (R, T), each caption's image (R,), each image's first caption and count (n,)."""
+    # The exact count: batch() preallocates batch_size rows.
+    whole = records.map(lambda row: (row["features"], row["captions"])).ragged_batch(
+        tf.cast(count, tf.int64))
+    grids, captions = whole.get_single_element()
+    counts = tf.cast(captions.row_lengths(), tf.int32)
+    return {"features": grids,
+            "tokens": tokenizer.tokenize(captions.flat_values).to_tensor(),
+            "caption_image": tf.cast(captions.value_rowids(), tf.int32),
+            "first_caption": tf.cast(captions.row_starts(), tf.int32),
+            "caption_count": counts}
+
+
+class TrainingData:
+    """The training split as a sequence of batches: `dataset(start_step, epochs)`.
+
+    rows_per_batch: batch_size captions, or batch_size / K images.
+    steps_per_epoch: the same every epoch (see batches.py).
+    """
+
+    def __init__(self, cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineConfig,
+                 split_role: str = "train", batch_size: int | None = None):
+        self.cfg, self.tokenizer, self.seed = cfg, tokenizer, cfg.seed
+        self.manifest = manifest = load_manifest(cache_dir, split_role)
+        self.batch_size = batch_size or cfg.batch_size
+        self.k = cfg.captions_per_image
+        if self.k and self.batch_size % self.k:
+            raise ValueError(f"pipeline.batch_size ({self.batch_size}) must be a multiple of "
+                             f"pipeline.captions_per_image ({self.k})")
+        self.rows_per_batch = self.batch_size // self.k if self.k else self.batch_size
+        self.pad_lengths = batches.boundaries(cfg.bucket_boundaries,
+                                              max_tokens(tokenizer.max_words), cfg.fixed_shapes)
+        h, w, c = manifest["grid_shape"]
+        self.grid = (h * w, c)
+        images, captions = _shard_counts(manifest)
+        self.files = [io.join(manifest["dir"], n) for n in manifest["shards"]]
+        self.memory = None
+        if cfg.cache_in_memory or captions is None:
+            # Read once: the cache itself (in memory), or just its caption counts.
+            whole = _window_tensors(read_records(manifest), sum(images), tokenizer)
+            counts = whole["caption_count"].numpy().tolist()
+            starts = [sum(images[:i]) for i in range(len(images))]
+            captions = [counts[s:s + n] for s, n in zip(starts, images)]
+            self.memory = whole if cfg.cache_in_memory else None
+        per_window = max(1, cfg.shuffle_window // max(1, max(images)))
+        self.windows = [list(range(i, min(i + per_window, len(images))))
+                        for i in range(0, len(images), per_window)]
+        image_start = [0]
+        caption_start = [0]
+        for n, caps in zip(images, captions):
+            image_start.append(image_start[-1] + n)
+            caption_start.append(caption_start[-1] + sum(caps))
+        # Each window's [first, last) image and caption of the in-memory cache.
+        self.image_ranges = [(image_start[w[0]], image_start[w[-1] + 1]) for w in self.windows]
+        self.caption_ranges = [(caption_start[w[0]], caption_start[w[-1] + 1])
+                               for w in self.windows]
+        rows = [(b - a) for a, b in (self.image_ranges if self.k else self.caption_ranges)]
+        self.batches_per_window = batches.batches_per_window(rows, self.rows_per_batch)
+        self.steps_per_epoch = sum(self.batches_per_window)
+
+    def schedule(self, start_step: int, epochs: int) -> list[tuple[int, int, int]]:
+        """(epoch, window, batches to skip) from global step start_step to the
+        end of epoch `epochs`: whole windows already trained are left out."""
+        first, offset = divmod(start_step, self.steps_per_epoch)
+        out = []
+        for epoch in range(first, epochs):
+            for w in batches.window_order(len(self.windows), self.seed, epoch).numpy():
+                skip = 0
+                if epoch == first:
+                    if offset >= self.batches_per_window[w]:
+                        offset -= self.batches_per_window[w]
+                        continue
+                    skip, offset = offset, 0
+                out.append((epoch, int(w), skip))
+        return out
+
+    def dataset(self, start_step: int = 0, epochs: int = 1) -> tf.data.Dataset:
+        """Global batches (features (rows_per_batch, L, C) float16, tokens (batch, T)
+        int32, 0 = padding) from start_step to the end of epoch `epochs`."""
+        table = self.schedule(start_step, epochs) or [(epochs, 0, 0)]
+        empty = not self.schedule(start_step, epochs)
+        ds = tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c, tf.int32)
+                                                      for c in zip(*table)))
+        ds = ds.flat_map(self._window_batches)
+        if empty:
+            ds = ds.take(0)
+        return ds.prefetch(2)
+
+    def _load(self, window) -> dict:
+        if self.memory is not None:
+            m = self.memory
+            i0, i1 = tf.unstack(tf.gather(tf.constant(self.image_ranges), window))
+            c0, c1 = tf.unstack(tf.gather(tf.constant(self.caption_ranges), window))
+            return {"features": m["features"][i0:i1], "tokens": m["tokens"][c0:c1],
+                    "caption_image": m["caption_image"][c0:c1] - i0,
+                    "first_caption": m["first_caption"][i0:i1] - c0,
+                    "caption_count": m["caption_count"][i0:i1]}
+        files = tf.ragged.constant([[self.files[s] for s in w] for w in self.windows])[window]
+        i0, i1 = tf.unstack(tf.gather(tf.constant(self.image_ranges), window))
+        return _window_tensors(_parsed(tf.data.TFRecordDataset(files), self.manifest),
+                               i1 - i0, self.tokenizer)
+
+    def _window_batches(self, epoch, window, skip) -> tf.data.Dataset:
+        data = self._load(window)
+        lengths = tf.reduce_sum(tf.cast(data["tokens"] != text.PAD_ID, tf.int32), axis=1)
+        chosen = None
+        if self.k:  # rows are images: K captions each, bucketed by the longest
+            picks = batches.choose_captions(data["caption_count"], self.k,
+                                            batches.caption_seed(self.seed, epoch, window))
+            chosen = data["first_caption"][:, None] + picks
+            lengths = tf.reduce_max(tf.gather(lengths, chosen), axis=1)
+        rows, pad_to = batches.plan(lengths, self.rows_per_batch, self.pad_lengths,
+                                    self.seed, epoch, window)
+        plan = tf.data.Dataset.from_tensor_slices((rows, pad_to)).skip(tf.cast(skip, tf.int64))
+        return plan.map(lambda r, t: self._assemble(data, chosen, r, t))
+
+    def _assemble(self, data: dict, chosen, rows, pad_to):
+        valid = rows >= 0
+        rows = tf.maximum(rows, 0)
+        if self.k:
+            images, captions = rows, tf.gather(chosen, rows)  # (n,), (n, K)
+        else:
+            images, captions = tf.gather(data["caption_image"], rows), rows
+        feats = tf.gather(data["features"], images)
+        tokens = batches.pad_tokens(tf.gather(data["tokens"], captions), pad_to)
+        keep = tf.reshape(valid, [-1] + [1] * (tokens.shape.rank - 1))
+        tokens = tf.where(keep, tokens, text.PAD_ID)  # masked rows: no tokens at all
+        tokens = tf.reshape(tokens, [self.batch_size, -1])
+        length = self.pad_lengths[0] if len(self.pad_lengths) == 1 else None
+        return (tf.ensure_shape(feats, [self.rows_per_batch, *self.grid]),
+                tf.ensure_shape(tokens, [self.batch_size, length]))
+
+
 def training_dataset(cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineConfig,
                      split_role: str = "train", batch_size: int | None = None,
-                     repeat: bool = False) -> tf.data.Dataset:
-    """Batches of (features (B, L, C) float16, tokens (B, T) int32, 0 = padding).
-
-    batch_size: the global batch size (default cfg.batch_size).
-    """
-    manifest = load_manifest(cache_dir, split_role)
-    batch_size = batch_size or cfg.batch_size
-    ds = read_records(manifest, shuffle_files=not cfg.cache_in_memory, seed=cfg.seed)
-    ds = ds.map(lambda row: (row["features"], tokenizer.tokenize(row["captions"]).to_tensor()),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    if cfg.cache_in_memory:
-        ds = ds.cache()
-    image_buffer = manifest["count"] if cfg.cache_in_memory else min(manifest["count"], 1024)
-    ds = ds.shuffle(image_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    if cfg.captions_per_image:
-        return _grouped(ds, tokenizer, cfg, batch_size).prefetch(tf.data.AUTOTUNE)
-
-    def rows(grid, tokens):
-        # Each caption row keeps its own length: padding is re-made per batch.
-        lengths = tf.reduce_sum(tf.cast(tokens != text.PAD_ID, tf.int32), axis=1)
-        captions = tf.data.Dataset.from_tensor_slices((tokens, lengths)).map(
-            lambda row, n: row[:n])
-        return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(grid).repeat(), captions))
-
-    ds = ds.flat_map(rows)
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
-    return _batch(ds, cfg, tokenizer, batch_size).prefetch(tf.data.AUTOTUNE)
+                     epochs: int = 1) -> tf.data.Dataset:
+    """`epochs` epochs of global batches from the start (see TrainingData)."""
+    return TrainingData(cache_dir, tokenizer, cfg, split_role, batch_size).dataset(0, epochs)
 
 
-def _batch(ds: tf.data.Dataset, cfg: PipelineConfig, tokenizer: text.Tokenizer, count: int,
-           rows: tuple[int, ...] = ()) -> tf.data.Dataset:
-    """Elements (grid, tokens (*rows, T)) -> batches of `count`, the tokens padded
-    to the fixed length (fixed_shapes) or to each batch's longest, batches grouped
-    by length."""
-    if cfg.fixed_shapes:
-        return ds.padded_batch(count, drop_remainder=True, padded_shapes=(
-            [None, None], [*rows, max_tokens(tokenizer.max_words)]))
-    boundaries = [b for b in cfg.bucket_boundaries if b > 0]
-    return ds.bucket_by_sequence_length(
-        lambda grid, tokens: tf.shape(tokens)[-1], bucket_boundaries=boundaries,
-        bucket_batch_sizes=[count] * (len(boundaries) + 1),
-        padded_shapes=([None, None], [*rows, None]), drop_remainder=False)
+def replica_slices(ds: tf.data.Dataset, replicas: int, mine: range) -> tf.data.Dataset:
+    """Global batches -> the per-replica batches of the replicas in `mine`, in
+    order: replica r gets rows [r n, (r + 1) n) of every tensor (n = rows /
+    replicas), so grouped batches keep whole images with their captions."""
+    def split(*tensors):
+        # At most one unknown dimension (the tokens' length): -1 stands for it.
+        parts = [tf.reshape(t, [replicas, t.shape[0] // replicas,
+                                *(-1 if d is None else d for d in t.shape[1:])])
+                 [mine.start:mine.stop] for t in tensors]
+        return tf.data.Dataset.from_tensor_slices(tuple(parts))
+
+    if replicas == 1:
+        return ds
+    return ds.flat_map(split)
 
 
-def _grouped(ds: tf.data.Dataset, tokenizer: text.Tokenizer, cfg: PipelineConfig,
-             batch_size: int) -> tf.data.Dataset:
-    """(grid, tokens (n, T)) per image -> batches of (grids (B / K, L, C), tokens (B, T))."""
-    k = cfg.captions_per_image
-    if batch_size % k:
-        raise ValueError(f"pipeline.batch_size ({batch_size}) must be a multiple of "
-                         f"pipeline.captions_per_image ({k})")
-
-    def pick(row, seed):
-        grid, tokens = row
-        n = tf.shape(tokens)[0]
-        # K of the n captions without repeats when n >= K, each at most
-        # ceil(K / n) times otherwise; stateless, so a seeded run repeats.
-        pool = tf.tile(tf.range(n), [(k + n - 1) // n])
-        noise = tf.random.stateless_uniform(tf.shape(pool), seed=tf.stack([seed, seed // 7]))
-        chosen = tf.gather(tokens, tf.gather(pool, tf.argsort(noise)[:k]))
-        longest = tf.reduce_max(tf.reduce_sum(tf.cast(chosen != text.PAD_ID, tf.int32), axis=1))
-        return grid, chosen[:, :longest]
-
-    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=cfg.seed + 2)))
-    ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = _batch(ds, cfg, tokenizer, batch_size // k, rows=(k,))
-    return ds.map(lambda grids, tokens: (grids, tf.reshape(tokens, [-1, tf.shape(tokens)[2]])))
-
-
-def image_dataset(cache_dir: str, split_role: str, batch_size: int) -> tf.data.Dataset:
+def image_dataset(cache_dir: str, split_role: str, batch_size: int,
+                  static: bool = False) -> tf.data.Dataset:
     """Batches of dicts image_id (B,), features (B, L, C) float16, in cache order,
-    one row per image: what decoding and evaluation read."""
+    one row per image: what decoding and evaluation read. static: every batch
+    has batch_size rows, the last one filled with rows whose image_id is ""."""
     manifest = load_manifest(cache_dir, split_role)
     ds = read_records(manifest).map(lambda row: {"image_id": row["image_id"],
                                                  "features": row["features"]})
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if static:
+        def fill(batch):
+            short = batch_size - tf.shape(batch["image_id"])[0]
+            return {"image_id": tf.pad(batch["image_id"], [[0, short]]),
+                    "features": tf.pad(batch["features"], [[0, short], [0, 0], [0, 0]])}
+        h, w, c = manifest["grid_shape"]
+        ds = ds.map(fill).map(lambda b: {
+            "image_id": tf.ensure_shape(b["image_id"], [batch_size]),
+            "features": tf.ensure_shape(b["features"], [batch_size, h * w, c])})
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def references(cache_dir: str, split_role: str) -> dict[str, list[str]]:

@@ -22,6 +22,7 @@ import json
 import os
 import warnings
 
+from tfcaption import io
 from tfcaption.config import DataConfig
 from tfcaption.data.example import Box, Example
 
@@ -65,13 +66,13 @@ def flickr8k(root: str, split: str) -> list[Example]:
     text_dir = os.path.join(root, "Flickr8k_text")
     split_file = os.path.join(text_dir, f"Flickr_8k.{split}Images.txt")
     token_file = os.path.join(text_dir, "Flickr8k.token.txt")
-    if not os.path.exists(split_file):
+    if not io.exists(split_file):
         raise FileNotFoundError(f"Flickr8k split {split!r}: no split file {split_file}")
-    if not os.path.exists(token_file):
+    if not io.exists(token_file):
         raise FileNotFoundError(f"Flickr8k: no captions file {token_file}")
 
     captions: dict[str, list[tuple[int, str]]] = {}
-    with open(token_file, encoding="utf-8") as f:
+    with io.open_text(token_file) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -81,14 +82,14 @@ def flickr8k(root: str, split: str) -> list[Example]:
                 raise ValueError(f"{token_file}:{number}: expected '<image>#<k>\\t<caption>', "
                                  f"got {line.strip()[:80]!r}")
             captions.setdefault(name, []).append((int(k), caption))
-    with open(split_file, encoding="utf-8") as f:
+    with io.open_text(split_file) as f:
         names = [line.strip() for line in f if line.strip()]
 
     missing = [n for n in names if n not in captions]
     if missing:
         warnings.warn(f"{split_file}: {len(missing)} image(s) have no captions in {token_file} "
                       f"and are skipped, e.g. {missing[:3]}")
-    image_dir = os.path.join(os.path.abspath(root), "Flicker8k_Dataset")
+    image_dir = io.join(io.abspath(root), "Flicker8k_Dataset")
     return _examples((n, os.path.join(image_dir, n), [c for _, c in sorted(captions[n])], ())
                      for n in names if n in captions)
 
@@ -103,10 +104,9 @@ def karpathy(annotations: str, root: str, split: str, restval_in_train: bool = T
     `restval_in_train` is False. image_id is str(cocoid) for COCO, so that a
     results.json matches the COCO evaluation ids, else the file name.
     """
-    with open(annotations, encoding="utf-8") as f:
-        images = json.load(f)["images"]
+    images = io.read_json(annotations)["images"]
     wanted = {"train", "restval"} if split == "train" and restval_in_train else {split}
-    root = os.path.abspath(root)
+    root = io.abspath(root)
     rows = [(str(im["cocoid"]) if "cocoid" in im else im["filename"],
              os.path.join(root, im.get("filepath", ""), im["filename"]),
              [s["raw"] for s in im["sentences"]], ())
@@ -158,13 +158,13 @@ def _captions_file(annotations: str, split: str | None) -> tuple[str, str | None
     instead carry a `split` field per row.
     """
     if "{split}" not in annotations:
-        if not os.path.exists(annotations):
+        if not io.exists(annotations):
             raise FileNotFoundError(f"no captions file {annotations}")
         return annotations, split
     if split is None:
         raise ValueError(f"{annotations} names one file per split: pass a split")
     path = annotations.format(split=split)
-    if not os.path.exists(path):
+    if not io.exists(path):
         raise FileNotFoundError(f"no captions file {path} for split {split!r}")
     return path, None
 
@@ -177,7 +177,7 @@ def _grouped(rows, root: str, path: str, split: str | None) -> list[Example]:
         rows = [(n, row) for n, row in rows if row.get("split") == split]
         if not rows:
             raise ValueError(f"{path}: no rows of split {split!r}; splits present: {present}")
-    root = os.path.abspath(root)
+    root = io.abspath(root)
     images: dict[str, tuple[str, list, list]] = {}
     for number, row in rows:
         where = f"{path}:{number}"
@@ -215,7 +215,7 @@ def jsonl(annotations: str, root: str, split: str | None = None) -> list[Example
     image_id, boxes ([Box.to_json(), ...]) and split; image paths relative to root."""
     path, split = _captions_file(annotations, split)
     rows = []
-    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
+    with io.open_text(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -235,7 +235,7 @@ def csv(annotations: str, root: str, split: str | None = None) -> list[Example]:
     one caption per row; image paths relative to root. Boxes need JSONL."""
     path, split = _captions_file(annotations, split)
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
+    with io.open_text(path, encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
         reader = csv_module.DictReader(f)
         if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
             raise ValueError(f"{path}:1: the header must name 'image' and 'caption' columns, "

@@ -18,13 +18,14 @@ Layout written by `generate(root)`:
 
 from __future__ import annotations
 
+import io as stdio
 import json
-import os
 import re
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tfcaption import io
 from tfcaption.data.example import Box, Example
 
 SPLITS = ("train", "val", "test")
@@ -35,6 +36,7 @@ COLOURS = {
 }
 SIZES = {"small": 0.2, "large": 0.36}  # side of the object's box, as a fraction of the image
 SUPERSAMPLE = 2  # drawn at 2x and downsampled, for smooth edges
+MARKER = "world.json"
 
 
 def _star(cx, cy, r):
@@ -176,29 +178,31 @@ def generate(root: str, seed: int = 0, counts=(3000, 300, 300), image_size: int 
     """Renders the world into root (see the module docstring); does nothing when
     root already holds the same world. Returns a summary."""
     settings = _settings(seed, counts, image_size)
-    marker = os.path.join(root, "world.json")
-    if os.path.exists(marker):
-        with open(marker) as f:
-            if json.load(f) == settings:
-                return _summary(root, settings)
-        os.remove(marker)  # another world: re-render over it
+    marker = io.join(root, MARKER)
+    if io.exists(marker):
+        if io.read_json(marker) == settings:
+            return _summary(root, settings)
+        io.remove(marker)  # another world: re-render over it
     for split_index, split in enumerate(SPLITS):
-        folder = os.path.join(root, "images", split)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(root, f"{split}.jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
-            for i in range(settings["counts"][split]):
-                pixels, captions, boxes = render(seed, split_index, i, image_size)
-                image_id = f"{split}_{i:06d}"
-                rel = f"images/{split}/{image_id}.png"
-                Image.fromarray(pixels).save(os.path.join(root, rel))
-                out.write(json.dumps({"image": rel, "image_id": image_id, "captions": captions,
-                                      "boxes": [b.to_json() for b in boxes]}) + "\n")
-        os.replace(tmp, os.path.join(root, f"{split}.jsonl"))
-    with open(f"{marker}.tmp", "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(f"{marker}.tmp", marker)
+        rows = []
+        for i in range(settings["counts"][split]):
+            pixels, captions, boxes = render(seed, split_index, i, image_size)
+            image_id = f"{split}_{i:06d}"
+            rel = f"images/{split}/{image_id}.png"
+            png = stdio.BytesIO()
+            Image.fromarray(pixels).save(png, format="PNG")
+            # In place: the marker, written last, is what says the world is whole.
+            io.write_bytes(io.join(root, rel), png.getvalue(), atomic=False)
+            rows.append(json.dumps({"image": rel, "image_id": image_id, "captions": captions,
+                                    "boxes": [b.to_json() for b in boxes]}) + "\n")
+        io.write_text(io.join(root, f"{split}.jsonl"), "".join(rows))
+    io.write_json(marker, settings)
     return _summary(root, settings)
+
+
+def world_settings(root: str) -> dict:
+    """The settings of the world rendered at root (what its images are made of)."""
+    return io.read_json(io.join(root, MARKER))
 
 
 def _summary(root: str, settings: dict) -> dict:
@@ -211,12 +215,11 @@ def _summary(root: str, settings: dict) -> dict:
 
 def read_split(root: str, split: str) -> list[Example]:
     """A generated split as Examples (absolute image paths, boxes kept)."""
-    path = os.path.join(root, f"{split}.jsonl")
-    if not os.path.exists(path) or not os.path.exists(os.path.join(root, "world.json")):
+    path = io.join(root, f"{split}.jsonl")
+    if not io.exists(path) or not io.exists(io.join(root, MARKER)):
         raise FileNotFoundError(f"no synthetic world split at {path}; generate it with "
                                 "`tfcaption generate pipelines/synthetic.py`")
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    base = os.path.abspath(root)
-    return [Example(r["image_id"], os.path.join(base, r["image"]), tuple(r["captions"]),
+    rows = [json.loads(line) for line in io.read_text(path).split("\n") if line.strip()]
+    base = io.abspath(root)
+    return [Example(r["image_id"], io.join(base, r["image"]), tuple(r["captions"]),
                     tuple(Box.from_json(b) for b in r["boxes"])) for r in rows]

@@ -15,11 +15,11 @@ core TensorFlow alone, because TF Serving has no tensorflow-text kernels.
 from __future__ import annotations
 
 import collections
-import os
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfcaption import io
 from tfcaption.tokens import (END, END_ID, PAD, PAD_ID, SPECIALS, START,  # noqa: F401
                               START_ID, UNK, UNK_ID)
 
@@ -69,14 +69,11 @@ def build_vocabulary(captions, min_count: int = 1, max_size: int = 0) -> list[st
 def save_vocabulary(vocab: list[str], path: str) -> None:
     """Writes one token per line, atomically (a half-written vocabulary would
     silently shift every id)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
-    os.replace(tmp, path)
+    io.write_text(path, "\n".join(vocab) + "\n")
 
 
 def load_vocabulary(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
+    with io.open_text(path) as f:
         vocab = [line.rstrip("\n") for line in f if line.strip()]
     if tuple(vocab[:4]) != SPECIALS:
         raise ValueError(f"{path}: a vocabulary must start with {' '.join(SPECIALS)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfcaption.tokens import END_ID
+from tfcaption.tokens import END_ID, PAD_ID
 
 
 def target_mask(targets: tf.Tensor) -> tf.Tensor:
@@ -20,7 +20,8 @@ def target_mask(targets: tf.Tensor) -> tf.Tensor:
 
 def caption_loss(decoder, features, tokens, global_batch_size: int,
                  attention_lambda: float, training: bool = True):
-    """features (batch, locations, channels), tokens (batch, T) with <start> .. <end> ->
+    """features (batch, locations, channels), tokens (batch, T) with <start> .. <end>
+    (a row of padding only is a masked row) ->
 
     loss: (summed cross entropy over real tokens + lambda * sum_locations
         (1 - sum_t alpha)^2), summed over the batch and divided by the GLOBAL batch
@@ -30,13 +31,15 @@ def caption_loss(decoder, features, tokens, global_batch_size: int,
     """
     logits, alphas = decoder.teacher_forced(features, tokens, training=training)
     targets = tokens[:, 1:]
-    mask = target_mask(targets)
+    # Rows of padding only (no <start>) fill a batch to its static size: no loss.
+    real_row = tf.cast(tokens[:, 0] != PAD_ID, tf.float32)
+    mask = target_mask(targets) * real_row[:, None]
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
     xent = tf.reduce_sum(xent * mask, axis=1)
     coverage = tf.reduce_sum(alphas * mask[:, :, None], axis=1)  # (batch, locations)
-    regulariser = attention_lambda * tf.reduce_sum(tf.square(1.0 - coverage), axis=1)
+    regulariser = attention_lambda * tf.reduce_sum(tf.square(1.0 - coverage), axis=1) * real_row
     loss = tf.reduce_sum(xent + regulariser) / tf.cast(global_batch_size, tf.float32)
     stats = {"xent": tf.reduce_sum(xent), "tokens": tf.reduce_sum(mask),
              "regulariser": tf.reduce_sum(regulariser),
-             "captions": tf.cast(tf.shape(tokens)[0], tf.float32)}
+             "captions": tf.reduce_sum(real_row)}
     return loss, stats

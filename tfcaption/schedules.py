@@ -1,0 +1,27 @@
+"""The learning-rate schedule: a function of the optimizer's step, restored with it."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to `peak * floor` at `total` steps."""
+
+    def __init__(self, peak: float, warmup: int, total: int, floor: float):
+        self.peak, self.warmup, self.total, self.floor = peak, warmup, max(total, 1), floor
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup, 1)
+        progress = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1),
+                                    0.0, 1.0)
+        cosine = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup, warm, self.peak * cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total,
+                "floor": self.floor}
