@@ -1,5 +1,6 @@
 """The benchmarks still run (they import internals that change): smoke runs, slow suite."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -15,4 +16,16 @@ def test_training_bench_quick_prints_its_table():
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ("bucketed", "grouped x5", "fixed-32 + XLA", "matmul 1024^3"):
+        assert row in out.stdout
+
+
+@pytest.mark.slow
+def test_tflite_bench_prints_its_table():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "tflite.py"), "--count", "2",
+                          "--rounds", "1", "--max-len", "8"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900,
+                         # this checkout's tfcaption, not whichever one is installed
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("SavedModel (TF runtime)", "TFLite, float32 weights", "TFLite, float16 weights"):
         assert row in out.stdout

@@ -217,3 +217,78 @@ def test_report_is_one_self_contained_page(trained):
     # Same SavedModel, images and metrics: the page is kept as it is.
     mtime = os.path.getmtime(path)
     assert report.write_report(config) == path and os.path.getmtime(path) == mtime
+
+
+# -- diversity: metrics.json and the report ---------------------------------------
+
+def test_metrics_hold_diversity_of_the_captions_against_the_training_captions(trained):
+    config = tiny_synthetic(trained)
+    stored = evaluation.evaluate(config, progress=False)
+    found = stored["diversity"]
+    assert "samples" not in found and "sampled" not in stored  # num_captions is 1
+    results = json.loads((trained / "eval" / "test" / "results.json").read_text())
+    captions = [r["caption"].split() for r in results]
+    assert found["captions"]["vocabulary"] == len({w for c in captions for w in c})
+    assert found["captions"]["captions"] == len(captions) == 8
+    # Novel counts against the train split's references (normalised), no other.
+    refs = evaluation.pipeline.references(config.features.cache_dir, "train")
+    train = {tuple(text.normalize(c).numpy().decode().split())
+             for cs in refs.values() for c in cs}
+    assert found["captions"]["novel"] == pytest.approx(
+        sum(tuple(c) not in train for c in captions) / len(captions))
+    # A tiny model rarely writes a training caption word for word, so check the
+    # set itself as well.
+    from tfcaption import diversity_eval
+    assert diversity_eval.training_captions(config.features.cache_dir) == train
+
+
+def test_temperature_zero_samples_are_the_greedy_caption_n_times(trained):
+    from tfcaption import diversity_eval
+    config = tiny_synthetic(trained)
+    config.eval.beam_size = 1
+    config.decode.num_captions, config.decode.temperature = 3, 0.0
+    decoder, tokenizer, manifest, _ = checkpoints.restore_decoder(config)
+    greedy, _ = evaluation.decode_split(config, "test", decoder, tokenizer, manifest, {},
+                                        progress=False)
+    samples = diversity_eval.sample_split(config, "test", decoder, tokenizer,
+                                          evaluation.max_len(config), progress=False)
+    assert samples == {i: [c] * 3 for i, c in greedy.items()}
+    # Three copies: each caption is its neighbours' caption (self-BLEU 1 where the
+    # caption has a 4-gram) and the samples add no new n-gram.
+    summary = diversity_eval.summarise(greedy, samples, None)
+    assert summary["samples"]["distinct_2"] == pytest.approx(
+        summary["captions"]["distinct_2"] / 3)
+    if all(len(c.split()) >= 4 for c in greedy.values()):
+        assert summary["samples"]["self_bleu_4"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sampled_diversity_goes_into_metrics_and_the_report(trained, tmp_path):
+    config = tiny_synthetic(trained)
+    config.eval.out_dir, config.eval.report_dir = str(tmp_path / "eval"), str(tmp_path / "rep")
+    config.decode.num_captions, config.decode.temperature = 3, 1.0
+    stored = evaluation.evaluate(config, progress=False)
+    samples = stored["diversity"]["samples"]
+    assert stored["sampled"] == {"num_captions": 3, "temperature": 1.0, "top_k": 0,
+                                 "top_p": 1.0, "seed": 0, "no_repeat_ngram": 0}
+    assert samples["num_captions"] == 3 and samples["captions"] == 3 * 8
+    assert 0.0 <= samples["self_bleu_4"] <= 1.0 and 0.0 <= samples["novel"] <= 1.0
+    assert all(len(v) == 3 for v in samples["examples"].values())
+    # Another temperature is another measurement: evaluated again, not reused.
+    config.decode.temperature = 0.5
+    assert evaluation.evaluate(config, progress=False)["sampled"]["temperature"] == 0.5
+
+    model_dir = export.export(config, out_root=str(tmp_path / "saved_models"), beam_size=2)
+    page = pathlib.Path(report.write_report(config, model_dir=model_dir)).read_text()
+    assert "self-BLEU-4" in page and "distinct-2" in page  # the diversity table
+    lists = re.findall(r"<ol class='samples'>(.*?)</ol>", page)
+    assert len(lists) == 2 and all(item.count("<li>") == 3 for item in lists)
+
+
+def test_settings_added_only_when_set_still_count_when_turned_off():
+    """no_repeat_ngram and sampled are stored only when on (older metrics.json stay
+    valid); metrics made with one on are not reused once it is turned off."""
+    base = {"split": "test", "checkpoint": "a", "checkpoint_digest": "d", "beam": 3}
+    assert evaluation._same({**base, "checkpoint": "b"}, base)  # the path is not compared
+    assert not evaluation._same({**base, "no_repeat_ngram": 2}, base)
+    assert not evaluation._same({**base, "sampled": {"num_captions": 3}}, base)
+    assert evaluation._same({**base, "no_repeat_ngram": 2}, {**base, "no_repeat_ngram": 2})

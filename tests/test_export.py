@@ -112,7 +112,7 @@ def op_types(model_dir):
 
 def outputs(out):
     return {k: v.numpy().tolist() if v.dtype != tf.string else
-            [s.decode() for s in v.numpy()] for k, v in out.items()}
+            np.char.decode(v.numpy().astype(bytes), "utf-8").tolist() for k, v in out.items()}
 
 for name, model_dir in args["models"].items():
     ops, functions = op_types(model_dir)  # before loading: TensorFlow's own registry
@@ -127,6 +127,9 @@ for name, model_dir in args["models"].items():
     grid = tf.constant(np.load(args["grid"]))
     report[name]["caption_features"] = outputs(
         model.signatures["caption_features"](features=grid))
+    sample = lambda temperature: outputs(model.signatures["sample"](
+        image_bytes=blobs, num_captions=tf.constant(3), temperature=tf.constant(temperature)))
+    report[name]["sample"] = {"cold": sample(0.0), "warm": sample(1.0), "again": sample(1.0)}
     report[name]["bad"] = {}
     for case, batch in args["bad"].items():
         try:
@@ -226,6 +229,8 @@ def test_export_info_places_the_attention_cells(exported):
     centres = exported.info["cell_centres"]
     assert len(centres["rows"]) == h and len(centres["cols"]) == w
     assert all(0 < a < b < 1 for a, b in zip(centres["rows"], centres["rows"][1:]))
+    # What a runner compares to decide on a re-export.
+    assert exported.info["decode_settings"] == decoding.decode_settings(exported.config)
 
 
 def saved_model_cli(*args) -> subprocess.Popen:
@@ -314,6 +319,32 @@ def test_caption_command_beam_one_uses_the_greedy_signature(exported, fresh, cap
     assert line["caption"] == fresh["beam"]["greedy"]["caption"][0]
     with pytest.raises(ValueError, match="exported with beam size 3"):
         serving.signature_for(None, exported.beam, 5)
+
+
+def test_sample_signature_draws_n_captions_per_image(exported, fresh):
+    greedy, sampled = fresh["beam"]["greedy"], fresh["beam"]["sample"]
+    images, t, (h, w, _) = len(exported.blobs), exported.info["max_len"], exported.info["grid"]
+    # Temperature 0 is greedy search, N times over.
+    cold = sampled["cold"]
+    assert cold["caption"] == [[c] * 3 for c in greedy["caption"]]
+    assert cold["tokens"] == [[row] * 3 for row in greedy["tokens"]]
+    np.testing.assert_allclose(cold["scores"], np.repeat(np.array(greedy["scores"])[:, None],
+                                                         3, 1), rtol=1e-5, atol=1e-5)
+    warm = sampled["warm"]
+    assert np.array(warm["attention"]).shape == (images, 3, t, h, w)
+    assert np.array(warm["caption"]).shape == (images, 3)
+    assert (np.array(warm["scores"]) <= 0).all() and warm == sampled["again"]  # fixed seed
+    for row, n in zip(np.array(warm["tokens"]).reshape(-1, t), np.ravel(warm["lengths"])):
+        assert n >= 1 and not row[n:].any()
+
+
+def test_caption_command_samples_with_num_captions(exported, fresh, capsys):
+    code = cli.main(["caption", str(exported.images[0]), "--model", exported.beam, "--json",
+                     "--num-captions", "3", "--temperature", "0"])
+    assert code == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    greedy = fresh["beam"]["greedy"]["caption"][0]
+    assert line["caption"] == greedy and [s["caption"] for s in line["samples"]] == [greedy] * 3
 
 
 def test_same_file_names_in_two_folders_get_their_own_figures(exported, tmp_path, capsys):

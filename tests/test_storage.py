@@ -9,6 +9,7 @@ model), not by paths.
 """
 
 import contextlib
+import copy
 import json
 import os
 import pathlib
@@ -17,10 +18,12 @@ import sys
 import tempfile
 import uuid
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption import checkpoints, cli, evaluation, export, io, report, runner, serving
+from tfcaption import (checkpoints, cli, decoding, evaluation, export, io, report, runner,
+                       serving, tflite_export)
 from tests.test_evaluation import tiny_synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -158,6 +161,48 @@ def test_retrain_into_the_same_path_redoes_evaluation_export_and_report(ram_run)
     with nothing_written_locally(scratch):
         report.write_report(config, model_dir=second["SavedModel"])
     assert io.read_text(second["report"]) != page
+
+
+def test_sampling_decode_settings_and_tflite_keep_to_ram(ram_run):
+    """The decoding parts go through io as well: sampled diversity in metrics.json
+    and samples in the report; a decode.* setting the SavedModel fixes
+    (no_repeat_ngram) makes `run` export a new version, a per-request one
+    (num_captions, temperature) does not; the TFLite model is written to ram://
+    and read back from there. (After the retrain test: its version numbers.)"""
+    config, _, scratch = ram_run
+    config = copy.deepcopy(config)
+    with nothing_written_locally(scratch):
+        kept = runner.run(config, progress=False)["SavedModel"]  # (the last info was altered)
+        config.decode.num_captions, config.decode.temperature = 3, 1.0
+        sampled = runner.run(config, progress=False)
+    assert sampled["SavedModel"] == kept  # sampling settings travel with each request
+    stored = io.read_json(sampled["metrics"])
+    assert stored["sampled"] == decoding.sampled_settings(config)
+    assert 0.0 <= stored["diversity"]["samples"]["self_bleu_4"] <= 1.0
+    page = io.read_text(sampled["report"])
+    assert "self-BLEU-4" in page and "<ol class='samples'>" in page
+
+    config.decode.no_repeat_ngram = 2
+    with nothing_written_locally(scratch):
+        banned = runner.run(config, progress=False)
+    assert banned["SavedModel"] != kept
+    assert serving.complete_versions(io.join(config.eval.export_dir, config.name))[-1] == \
+        int(banned["SavedModel"].rsplit("/", 1)[1])
+    info = serving.model_info(banned["SavedModel"])
+    assert info["decode_settings"] == decoding.decode_settings(config)
+    assert info["decode_settings"]["no_repeat_ngram"] == 2
+    assert io.read_json(banned["metrics"])["no_repeat_ngram"] == 2
+
+    with nothing_written_locally(scratch):
+        path = tflite_export.export_tflite(config, config.eval.export_dir)
+        size = config.features.input_size
+        found = tflite_export.run(io.join(path, tflite_export.MODEL_FILE),
+                                  np.zeros([1, size, size, 3], np.uint8))
+    assert path == f"{config.eval.export_dir}/tiny-tflite/1"
+    assert sorted(io.listdir(path)) == ["model.tflite", "tfcaption.json", "vocab.txt"]
+    assert io.read_json(io.join(path, tflite_export.INFO_FILE))["decode_settings"] == \
+        info["decode_settings"]
+    assert found["tokens"].shape[0] == 1
 
 
 # -- io.py ----------------------------------------------------------------------------

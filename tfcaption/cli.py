@@ -61,6 +61,14 @@ def cmd_export(args) -> int:
     from tfcaption import evaluation, export
     config = _config(args)
     ev = config.eval
+    if args.format == "tflite":
+        from tfcaption import tflite_export
+        path = tflite_export.export_tflite(
+            config, out_root=args.out or ev.export_dir, version=args.version,
+            max_len=args.max_len or evaluation.max_len(config), checkpoint=args.checkpoint,
+            float16=not args.float32)
+        print(f"TFLite model: {os.path.join(path, tflite_export.MODEL_FILE)}")
+        return 0
     path = export.export(
         config, out_root=args.out or ev.export_dir, version=args.version,
         beam_size=args.beam or ev.beam_size, max_len=args.max_len or evaluation.max_len(config),
@@ -73,10 +81,15 @@ def cmd_export(args) -> int:
 def cmd_caption(args) -> int:
     from tfcaption import serving
     results = serving.caption_files(args.images, args.model, beam=args.beam,
-                                    attention_dir=args.attention_dir)
+                                    attention_dir=args.attention_dir,
+                                    num_captions=args.num_captions,
+                                    temperature=args.temperature)
     for r in results:
         if args.json:
             print(json.dumps(r))
+        elif "samples" in r:
+            for s in r["samples"]:
+                print(f"{r['image']}\t{s['caption']}")
         else:
             print(f"{r['image']}\t{r['caption']}" if "caption" in r
                   else f"{r['image']}\tERROR: {r['error']}")
@@ -147,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--length-penalty", type=float, default=None,
                      help="default: eval.length_penalty")
     exp.add_argument("--checkpoint", default=None, help="default: the best, else the latest")
+    exp.add_argument("--format", default="savedmodel", choices=("savedmodel", "tflite"),
+                     help="tflite: greedy search on uint8 images of the input size, "
+                     "written to OUT/NAME-tflite/VERSION/ with vocab.txt")
+    exp.add_argument("--float32", action="store_true",
+                     help="with --format tflite: keep float32 weights (default float16)")
     exp.set_defaults(func=cmd_export)
 
     cap = sub.add_parser("caption", help="caption image files with an exported SavedModel")
@@ -154,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--model", required=True, help="saved_models/NAME/VERSION")
     cap.add_argument("--beam", type=int, default=None,
                      help="1 = the greedy signature; default: the beam size exported")
+    cap.add_argument("--num-captions", type=int, default=None, metavar="N",
+                     help="sample N captions per image (the \"sample\" signature) instead "
+                     "of searching")
+    cap.add_argument("--temperature", type=float, default=1.0,
+                     help="with --num-captions: < 1 sharper, 0 = greedy (default: 1.0)")
     cap.add_argument("--json", action="store_true", help="one JSON object per line")
     cap.add_argument("--attention-dir", default=None, help="also write a heatmap figure per image")
     cap.set_defaults(func=cmd_caption)

@@ -164,6 +164,33 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class DecodeConfig:
+    """How captions are searched, beyond eval.beam_size and eval.length_penalty
+    (see tfcaption.decoding).
+
+    no_repeat_ngram: n > 0 forbids any n-gram twice in a caption (greedy, beam,
+        sampling); 0 = off.
+    temperature, top_k, top_p: sampling. temperature <= 0 is greedy; top_k 0 and
+        top_p 1.0 keep every word.
+    num_captions: captions per image when sampling (diverse beam search gives
+        eval.beam_size of them).
+    diverse_groups, diversity_penalty: diverse beam search (Vijayakumar et al.):
+        groups > 1 split the beam into groups that are penalised for choosing the
+        words earlier groups chose at the same step.
+    seed: the sampling noise; the same seed gives the same captions.
+    """
+
+    no_repeat_ngram: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_captions: int = 1
+    diverse_groups: int = 1
+    diversity_penalty: float = 0.0
+    seed: int = 0
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "synthetic"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -172,6 +199,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
 
 
 def _parse(value: str, kind: typing.Any):

@@ -4,10 +4,13 @@ Reads the feature cache and a checkpoint; writes <eval.out_dir>/<split>/
     results.json   COCO results format, [{"image_id", "caption"}], what the
                    coco-caption evaluation server and published tables read
     metrics.json   BLEU-1..4, METEOR, ROUGE_L, CIDEr-D (SPICE when installed),
-                   attention correctness where the source has boxes, and what
-                   was scored: split, checkpoint (path, and the digest of its
-                   content and of the vocabulary), beam, count. Written last, so
-                   its presence means the stage is complete.
+                   attention correctness where the source has boxes, diversity
+                   (distinct-n, vocabulary, novelty, repeated bigrams; with
+                   decode.num_captions > 1 also of N samples per image and their
+                   self-BLEU-4), and what was scored: split, checkpoint (path,
+                   and the digest of its content and of the vocabulary), beam,
+                   count. Written last, so its presence means the stage is
+                   complete.
 
 Run again with the same checkpoint content (not its path: a retrain writes the
 same path with other weights), vocabulary, cached split and search settings,
@@ -24,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcaption import attention_correctness, checkpoints, decoding, io, metrics
+from tfcaption import (attention_correctness, checkpoints, decoding, diversity_eval, io,
+                       metrics)
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, sources, text
 from tfcaption.data.features import load_manifest, manifest_centres
@@ -72,14 +76,24 @@ def _settings(config: RunConfig, split: str, checkpoint: str) -> dict:
     checkpoint's path is kept to be shown, and compared by its content."""
     ec = config.eval
     cache = load_manifest(config.features.cache_dir, split)["fingerprint"]
-    return {"split": split, "checkpoint": checkpoint,
-            **checkpoints.decoder_key(config, checkpoint),
-            "cache_sha1": io.digest_json(cache), "beam": ec.beam_size,
-            "length_penalty": ec.length_penalty, "max_len": max_len(config)}
+    settings = {"split": split, "checkpoint": checkpoint,
+                **checkpoints.decoder_key(config, checkpoint),
+                "cache_sha1": io.digest_json(cache), "beam": ec.beam_size,
+                "length_penalty": ec.length_penalty, "max_len": max_len(config)}
+    if config.decode.no_repeat_ngram:  # only when set: metrics.json without it stay valid
+        settings["no_repeat_ngram"] = config.decode.no_repeat_ngram
+    if config.decode.num_captions > 1:  # sampled diversity: the draw's settings
+        settings["sampled"] = decoding.sampled_settings(config)
+    return settings
+
+
+# Settings _settings adds only when set: absent means off, on both sides.
+_OPTIONAL = ("no_repeat_ngram", "sampled")
 
 
 def _same(stored: dict, settings: dict) -> bool:
-    return all(stored.get(k) == v for k, v in settings.items() if k != "checkpoint")
+    return all(stored.get(k) == v for k, v in settings.items() if k != "checkpoint") \
+        and all(stored.get(k) == settings.get(k) for k in _OPTIONAL)
 
 
 def _boxes(config: RunConfig, split: str) -> dict:
@@ -100,7 +114,8 @@ def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: di
     @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16)])
     def search(features):
         tokens, lengths, _, attention = decoding.beam(
-            decoder, features, ec.beam_size, steps, ec.length_penalty)
+            decoder, features, ec.beam_size, steps, ec.length_penalty,
+            config.decode.no_repeat_ngram)
         return tokenizer.detokenize(tokens), tokens, lengths, attention
 
     count = load_manifest(config.features.cache_dir, split)["count"]
@@ -179,6 +194,8 @@ def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str |
               "tokenize": "ptb" if metrics.java_available() else "simple"}
     if boxes:
         result["attention_correctness"] = attention_correctness.summarise(rows)
+    result["diversity"] = diversity_eval.split_diversity(config, split, captions, decoder,
+                                                         tokenizer, max_len(config), progress)
     if notes:
         result["notes"] = notes
     io.write_json(metrics_file, result)

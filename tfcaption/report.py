@@ -18,7 +18,7 @@ import json
 import tensorflow as tf
 from PIL import Image
 
-from tfcaption import attention_plots, io, serving
+from tfcaption import attention_plots, io, report_diversity, serving
 from tfcaption.config import RunConfig
 from tfcaption.data import sources
 from tfcaption.data.example import examples_digest
@@ -40,7 +40,7 @@ th { background: #f3f3f3; }
 .top { display: flex; gap: 1.5em; align-items: flex-start; }
 .top img { max-width: 360px; height: auto; flex: none; }
 .caption { font-size: 1.15em; font-weight: 600; margin: 0 0 0.5em; }
-.refs { margin: 0; padding-left: 1.2em; color: #444; }
+.refs, .samples { margin: 0; padding-left: 1.2em; color: #444; }
 .heatmaps { width: 100%; height: auto; margin-top: 0.8em; }
 .error { color: #a00; }
 @media print {
@@ -99,6 +99,7 @@ def _metrics_html(path: str) -> str:
                  "</table>")
     elif correctness:
         body += "<p class='meta'>Attention correctness: no generated word named a boxed object.</p>"
+    body += report_diversity.metrics_table(stored)
     search = "greedy" if stored.get("beam") == 1 else f"beam {stored.get('beam')}"
     body += (f"<p class='meta'>{stored.get('count')} images, {search}, checkpoint "
              f"{html.escape(str(stored.get('checkpoint')))}</p>")
@@ -120,6 +121,7 @@ def _example_html(example, result: dict, blob: bytes, centres: dict | None) -> s
 <div class="top"><img src="{_thumbnail(blob)}" alt="{name}">
 <div><p class="caption">{caption}</p>
 <p class="meta">{name} &middot; log-probability {result['score']:.2f}</p>
+{report_diversity.samples_html(result.get("samples"))}
 <p class="meta">References:</p><ol class="refs">{refs}</ol></div></div>
 <img class="heatmaps" src="{heatmaps}" alt="attention of each word of: {caption}">
 </div>"""
@@ -153,10 +155,13 @@ def write_report(config: RunConfig, model_dir: str | None = None, images: int | 
     count = config.eval.report_images if images is None else images
     path = io.join(config.eval.report_dir, "index.html")
     metrics_file = io.join(config.eval.out_dir, split, "metrics.json")
+    n, temperature = config.decode.num_captions, config.decode.temperature
     examples = sources.load_examples(config.data, split)[:count]
     inputs = {"model": io.abspath(model_dir), "split": split, "images": count,
               "model_info": serving.model_info(model_dir),
               "examples": examples_digest(examples), "metrics": None}
+    if n > 1:  # only then: reports made before sampling keep their stamp
+        inputs["samples"] = [n, temperature]
     if io.exists(metrics_file):
         inputs["metrics"] = hashlib.sha256(io.read_bytes(metrics_file)).hexdigest()
     stamp = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -166,6 +171,9 @@ def write_report(config: RunConfig, model_dir: str | None = None, images: int | 
     names = [ex.image_id for ex in examples]
     model = tf.saved_model.load(model_dir)
     results = serving.caption_bytes(model.signatures["serving_default"], blobs, names)
+    # With decode.num_captions > 1, each image's N samples go under its best caption.
+    sampled = report_diversity.sample_images(model, blobs, names, n, temperature)
+    results = [{**r, "samples": sampled.get(r["image"])} for r in results]
     info = serving.model_info(model_dir)
     search = "greedy" if info["beam_size"] == 1 else f"beam {info['beam_size']}"
     page = f"""{_STAMP}{stamp} -->

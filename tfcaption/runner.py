@@ -61,7 +61,8 @@ def extract_splits(config: RunConfig, splits, shard=(0, 1)) -> list[dict]:
 
 def existing_export(config: RunConfig, checkpoint: str) -> str | None:
     """A complete version under saved_models/<name>/ made from the content of
-    `checkpoint` with the pipeline's search settings, or None."""
+    `checkpoint` with the pipeline's search settings and the decode.* settings
+    its graph fixes (export.export_key), or None."""
     from tfcaption import evaluation, export, io
     from tfcaption.serving import complete_versions, model_info
     model_dir = io.join(config.eval.export_dir, config.name)

@@ -6,9 +6,11 @@ same path a TF Serving client takes, minus the network.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from tfcaption import io
@@ -41,9 +43,28 @@ def signature_for(model, model_dir: str, beam: int | None):
                      f"--beam {exported} or --beam 1. Re-export with --beam {beam}")
 
 
+def sampler_for(model, num_captions: int, temperature: float):
+    """The "sample" signature with its per-request settings bound."""
+    if "sample" not in model.signatures:
+        raise ValueError("this SavedModel has no \"sample\" signature (exported before "
+                         "sampling existed): re-export it to sample captions")
+    return functools.partial(model.signatures["sample"],
+                             num_captions=tf.constant(num_captions, tf.int32),
+                             temperature=tf.constant(temperature, tf.float32))
+
+
 def _run(signature, blobs: list[bytes]) -> dict:
-    out = signature(image_bytes=tf.constant(blobs, tf.string))
-    return {k: v.numpy() for k, v in out.items()}
+    out = {k: v.numpy() for k, v in signature(image_bytes=tf.constant(blobs, tf.string)).items()}
+    if out["caption"].ndim == 2:
+        # Sampled, N per image: the likeliest leads (and gets the attention
+        # figure); all N go along as "samples".
+        rows = np.arange(len(out["caption"]))
+        best = out["scores"].argmax(axis=1)
+        samples = [[{"caption": c.decode("utf-8"), "score": float(s)} for c, s in zip(cs, ss)]
+                   for cs, ss in zip(out["caption"], out["scores"])]
+        out = {k: v[rows, best] for k, v in out.items()}
+        out["samples"] = samples
+    return out
 
 
 def error_reason(err: tf.errors.OpError) -> str:
@@ -79,16 +100,20 @@ def caption_bytes(signature, blobs: list[bytes], names: list[str], batch_size: i
                 results.append({"image": name, "caption": out["caption"][i].decode("utf-8"),
                                 "score": float(out["scores"][i]),
                                 "tokens": out["tokens"][i][:n].tolist(),
-                                "attention": out["attention"][i][:n]})
+                                "attention": out["attention"][i][:n],
+                                **({"samples": out["samples"][i]} if "samples" in out else {})})
     order = {name: i for i, name in enumerate(names)}
     return sorted(results, key=lambda r: order[r["image"]])
 
 
 def caption_files(paths: list[str], model_dir: str, beam: int | None = None,
-                  attention_dir: str | None = None) -> list[dict]:
-    """-> one dict per image: image, caption, score, tokens (or image, error)."""
+                  attention_dir: str | None = None, num_captions: int | None = None,
+                  temperature: float = 1.0) -> list[dict]:
+    """-> one dict per image: image, caption, score, tokens (or image, error); with
+    num_captions, sampled captions: also samples [{caption, score}] (N of them)."""
     model = tf.saved_model.load(model_dir)
-    signature = signature_for(model, model_dir, beam)
+    signature = sampler_for(model, num_captions, temperature) if num_captions else \
+        signature_for(model, model_dir, beam)
     blobs, names, results = [], [], []
     for path in paths:
         try:
