@@ -163,6 +163,7 @@ def test_retrain_into_the_same_path_redoes_evaluation_export_and_report(ram_run)
     assert io.read_text(second["report"]) != page
 
 
+@pytest.mark.slow  # three more pipeline runs (~40 s); the decoding parts' own tests are quick
 def test_sampling_decode_settings_and_tflite_keep_to_ram(ram_run):
     """The decoding parts go through io as well: sampled diversity in metrics.json
     and samples in the report; a decode.* setting the SavedModel fixes

@@ -188,7 +188,9 @@ def test_combinations_that_cannot_work_are_refused(cached):
         training.make_trainer(config)
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+# The whole loop (checkpoints with the loss scale, validation) under mixed
+# precision; tests/test_precision.py holds the step to float32's loss curve.
+@pytest.mark.parametrize("policy", ["mixed_float16"])
 def test_mixed_precision_steps_are_finite(cached, policy):
     config = fresh(cached, f"mp-{policy}", mixed_precision=policy, epochs=1)
     summary = training.train(config, progress=False)
