@@ -178,3 +178,26 @@ def test_static_image_batches_fill_the_last_batch(cache):
     assert [b["features"].shape[0] for b in batches] == [5, 5, 5]
     ids = [i.decode() for b in batches for i in b["image_id"].numpy()]
     assert ids[-3:] == ["", "", ""] and len(set(ids[:12])) == 12
+
+
+def test_a_streamed_cache_without_caption_counts_counts_them_from_the_records(cache,
+                                                                           monkeypatch):
+    """Caches made before the sidecars recorded caption counts: the counts are read
+    from the records (the captions only), and the plan is the same."""
+    config, tokenizer = cache
+    cfg = dataclasses.replace(config.pipeline, cache_in_memory=False, shuffle_window=4)
+    with_counts = pipeline.TrainingData(config.features.cache_dir, tokenizer, cfg)
+    real = pipeline.io.read_json
+
+    def without_counts(path):
+        data = real(path)
+        if isinstance(data, dict):
+            data.pop("caption_counts", None)
+        return data
+
+    monkeypatch.setattr(pipeline.io, "read_json", without_counts)
+    counted = pipeline.TrainingData(config.features.cache_dir, tokenizer, cfg)
+    monkeypatch.undo()
+    assert counted.batches_per_window == with_counts.batches_per_window
+    assert counted.caption_ranges == with_counts.caption_ranges
+    assert batches_of(counted.dataset(0, 1)) == batches_of(with_counts.dataset(0, 1))

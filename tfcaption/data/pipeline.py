@@ -93,6 +93,15 @@ def _window_tensors(records: tf.data.Dataset, count, tokenizer: text.Tokenizer) 
             "caption_count": counts}
 
 
+def _caption_counts(files: list[str]) -> list[int]:
+    """Captions per image, in cache order, parsing nothing but the captions."""
+    spec = {"captions": tf.io.VarLenFeature(tf.string)}
+    ds = tf.data.TFRecordDataset(files).map(
+        lambda r: tf.size(tf.io.parse_single_example(r, spec)["captions"].values),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return [int(n) for batch in ds.batch(4096).as_numpy_iterator() for n in batch]
+
+
 class TrainingData:
     """The training split as a sequence of batches: `dataset(start_step, epochs)`.
 
@@ -117,13 +126,14 @@ class TrainingData:
         images, captions = _shard_counts(manifest)
         self.files = [io.join(manifest["dir"], n) for n in manifest["shards"]]
         self.memory = None
-        if cfg.cache_in_memory or captions is None:
-            # Read once: the cache itself (in memory), or just its caption counts.
-            whole = _window_tensors(read_records(manifest), sum(images), tokenizer)
-            counts = whole["caption_count"].numpy().tolist()
-            starts = [sum(images[:i]) for i in range(len(images))]
+        starts = [sum(images[:i]) for i in range(len(images))]
+        if cfg.cache_in_memory:
+            self.memory = _window_tensors(read_records(manifest), sum(images), tokenizer)
+            counts = self.memory["caption_count"].numpy().tolist()
             captions = [counts[s:s + n] for s, n in zip(starts, images)]
-            self.memory = whole if cfg.cache_in_memory else None
+        elif captions is None:  # a cache older than the counts in its sidecars
+            counts = _caption_counts(self.files)
+            captions = [counts[s:s + n] for s, n in zip(starts, images)]
         per_window = max(1, cfg.shuffle_window // max(1, max(images)))
         self.windows = [list(range(i, min(i + per_window, len(images))))
                         for i in range(0, len(images), per_window)]
