@@ -81,11 +81,6 @@ class Trainer:
         return self.data.steps_per_epoch
 
 
-def steps_per_epoch(config: RunConfig, tokenizer: text.Tokenizer) -> int:
-    return pipeline.TrainingData(config.features.cache_dir, tokenizer,
-                                 config.pipeline).steps_per_epoch
-
-
 def rng_state(decoder) -> dict:
     """The decoder's seed-generator states (dropout), by position."""
     states = [v for v in decoder.non_trainable_variables if "seed_generator" in v.path]

@@ -169,14 +169,13 @@ class TrainingData:
     def dataset(self, start_step: int = 0, epochs: int = 1) -> tf.data.Dataset:
         """Global batches (features (rows_per_batch, L, C) float16, tokens (batch, T)
         int32, 0 = padding) from start_step to the end of epoch `epochs`."""
-        table = self.schedule(start_step, epochs) or [(epochs, 0, 0)]
-        empty = not self.schedule(start_step, epochs)
+        table = self.schedule(start_step, epochs)
+        # An empty table still needs one row to give the dataset its element spec.
+        rows = table or [(epochs, 0, 0)]
         ds = tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c, tf.int32)
-                                                      for c in zip(*table)))
+                                                      for c in zip(*rows)))
         ds = ds.flat_map(self._window_batches)
-        if empty:
-            ds = ds.take(0)
-        return ds.prefetch(2)
+        return (ds if table else ds.take(0)).prefetch(2)
 
     def _load(self, window) -> dict:
         if self.memory is not None:
