@@ -15,7 +15,8 @@ def test_training_bench_quick_prints_its_table():
     out = subprocess.run([sys.executable, str(REPO / "bench" / "training.py"), "--quick"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    for row in ("bucketed", "grouped x5", "fixed-32 + XLA", "matmul 1024^3"):
+    for row in ("own longest", "bucketed bf16", "grouped x5", "fixed-32 + XLA",
+                "fixed-32 4/call", "matmul 1024^3"):
         assert row in out.stdout
 
 
