@@ -284,6 +284,42 @@ def test_sampled_diversity_goes_into_metrics_and_the_report(trained, tmp_path):
     assert len(lists) == 2 and all(item.count("<li>") == 3 for item in lists)
 
 
+def test_search_sample_scores_one_drawn_caption_per_image(trained, tmp_path):
+    """eval.search = "sample": the scored captions are drawn at decode.temperature
+    (0 is the greedy caption, 1.0 is not), and another temperature is scored again."""
+    config = tiny_synthetic(trained)
+    config.eval.beam_size, config.eval.out_dir = 1, str(tmp_path / "eval")
+    decoder, tokenizer, manifest, _ = checkpoints.restore_decoder(config)
+    greedy, _ = evaluation.decode_split(config, "test", decoder, tokenizer, manifest, {},
+                                        progress=False)
+    config.eval.beam_size = 3  # ignored when sampling
+    config.eval.search, config.decode.temperature = "sample", 0.0
+
+    def scored():
+        stored = evaluation.evaluate(config, progress=False)
+        results = json.loads((tmp_path / "eval" / "test" / "results.json").read_text())
+        return stored, {r["image_id"]: r["caption"] for r in results}
+
+    stored, captions = scored()
+    assert captions == greedy
+    assert stored["search"] == {"method": "sample", "temperature": 0.0, "top_k": 0,
+                                "top_p": 1.0, "seed": 0}
+    assert stored["diversity"]["captions"]["captions"] == 8  # of the sampled captions
+    assert {"repeated_bigrams", "distinct_2"} <= set(stored["diversity"]["captions"])
+    config.decode.temperature = 1.0
+    stored, captions = scored()
+    assert stored["search"]["temperature"] == 1.0 and captions != greedy
+    page = report._metrics_html(str(tmp_path / "eval" / "test" / "metrics.json"))
+    assert "one sample per image at temperature 1.0" in page
+    # The same seed draws the same captions; the batches do not share their noise.
+    again, _ = evaluation.decode_split(config, "test", decoder, tokenizer, manifest, {},
+                                       progress=False)
+    assert again == captions
+    config.eval.search = "beams"
+    with pytest.raises(ValueError, match="eval.search"):
+        evaluation.evaluate(config, progress=False)
+
+
 def test_settings_added_only_when_set_still_count_when_turned_off():
     """no_repeat_ngram and sampled are stored only when on (older metrics.json stay
     valid); metrics made with one on are not reused once it is turned off."""
@@ -291,4 +327,5 @@ def test_settings_added_only_when_set_still_count_when_turned_off():
     assert evaluation._same({**base, "checkpoint": "b"}, base)  # the path is not compared
     assert not evaluation._same({**base, "no_repeat_ngram": 2}, base)
     assert not evaluation._same({**base, "sampled": {"num_captions": 3}}, base)
+    assert not evaluation._same({**base, "search": {"method": "sample"}}, base)
     assert evaluation._same({**base, "no_repeat_ngram": 2}, {**base, "no_repeat_ngram": 2})

@@ -149,12 +149,17 @@ class EvalConfig:
     split: the split role scored and shown ("val" or "test"); Flickr8k here has
         no test split, so its pipelines score "val" (the official dev split).
     beam_size: 1 = greedy; the same beam is fixed into the exported SavedModel.
+    search: what the scored captions are: "beam" (beam_size and length_penalty;
+        greedy at 1) or "sample" (one caption per image drawn by
+        tfcaption.decoding.sample at decode.temperature, with decode.top_k,
+        decode.top_p, decode.seed; decode.no_repeat_ngram holds for both).
     max_len: 0 = data.max_caption_words + 2 (the words, <start>, <end>).
     """
 
     split: str = "test"
     beam_size: int = 3
     length_penalty: float = 0.0
+    search: str = "beam"
     max_len: int = 0
     batch_size: int = 64
     out_dir: str = "runs/synthetic/eval"  # results.json, metrics.json

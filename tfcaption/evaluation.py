@@ -9,8 +9,9 @@ Reads the feature cache and a checkpoint; writes <eval.out_dir>/<split>/
                    decode.num_captions > 1 also of N samples per image and their
                    self-BLEU-4), and what was scored: split, checkpoint (path,
                    and the digest of its content and of the vocabulary), beam,
-                   count. Written last, so its presence means the stage is
-                   complete.
+                   count; with eval.search = "sample" also "search", the
+                   draw's settings. Written last, so its presence means the
+                   stage is complete.
 
 Run again with the same checkpoint content (not its path: a retrain writes the
 same path with other weights), vocabulary, cached split and search settings,
@@ -84,11 +85,22 @@ def _settings(config: RunConfig, split: str, checkpoint: str) -> dict:
         settings["no_repeat_ngram"] = config.decode.no_repeat_ngram
     if config.decode.num_captions > 1:  # sampled diversity: the draw's settings
         settings["sampled"] = decoding.sampled_settings(config)
+    if _sampling(config):  # the scored captions are drawn, not searched
+        d = config.decode
+        settings["search"] = {"method": "sample", "temperature": d.temperature,
+                              "top_k": d.top_k, "top_p": d.top_p, "seed": d.seed}
     return settings
 
 
 # Settings _settings adds only when set: absent means off, on both sides.
-_OPTIONAL = ("no_repeat_ngram", "sampled")
+_OPTIONAL = ("no_repeat_ngram", "sampled", "search")
+SEARCHES = ("beam", "sample")
+
+
+def _sampling(config: RunConfig) -> bool:
+    if config.eval.search not in SEARCHES:
+        raise ValueError(f"eval.search is {config.eval.search!r}; one of {SEARCHES}")
+    return config.eval.search == "sample"
 
 
 def _same(stored: dict, settings: dict) -> bool:
@@ -105,24 +117,35 @@ def _boxes(config: RunConfig, split: str) -> dict:
 def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: dict,
                  boxes: dict, progress: bool = True):
     """-> (image_id -> caption in cache order, attention-correctness rows). The
-    search runs in one tf.function per batch shape; greedy when beam_size is 1."""
-    ec, steps = config.eval, max_len(config)
+    search runs in one tf.function per batch shape; greedy when beam_size is 1.
+    With eval.search = "sample", one caption per image drawn at decode.temperature
+    (top_k, top_p); batch i draws with the seed (decode.seed, i), as
+    diversity_eval.sample_split does, so batches do not share their noise."""
+    ec, d, steps = config.eval, config.decode, max_len(config)
+    sampling = _sampling(config)
     h, w, c = manifest["grid_shape"]
     vocab = np.asarray(text.load_vocabulary(pipeline.vocabulary_path(manifest)))
     centres = manifest_centres(manifest) if boxes else None
 
-    @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16)])
-    def search(features):
-        tokens, lengths, _, attention = decoding.beam(
-            decoder, features, ec.beam_size, steps, ec.length_penalty,
-            config.decode.no_repeat_ngram)
+    @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16),
+                                  tf.TensorSpec([2], tf.int64)])
+    def search(features, seed):
+        if sampling:
+            found = decoding.sample(decoder, features, 1, steps, d.temperature, d.top_k,
+                                    d.top_p, seed, d.no_repeat_ngram)
+            tokens, lengths, _, attention = (x[:, 0] for x in found)
+        else:
+            tokens, lengths, _, attention = decoding.beam(
+                decoder, features, ec.beam_size, steps, ec.length_penalty, d.no_repeat_ngram)
         return tokenizer.detokenize(tokens), tokens, lengths, attention
 
     count = load_manifest(config.features.cache_dir, split)["count"]
     bar = keras.utils.Progbar(count, verbose=1 if progress else 0, unit_name="image")
     captions, rows, done = {}, [], 0
-    for batch in pipeline.image_dataset(config.features.cache_dir, split, ec.batch_size):
-        found, tokens, lengths, attention = (x.numpy() for x in search(batch["features"]))
+    batches = pipeline.image_dataset(config.features.cache_dir, split, ec.batch_size)
+    for index, batch in enumerate(batches):
+        seed = tf.constant([d.seed, index], tf.int64)
+        found, tokens, lengths, attention = (x.numpy() for x in search(batch["features"], seed))
         for k, image_id in enumerate(batch["image_id"].numpy()):
             image_id = image_id.decode()
             captions[image_id] = found[k].decode("utf-8")
@@ -182,6 +205,8 @@ def evaluate(config: RunConfig, split_role: str | None = None, checkpoint: str |
     decoder, tokenizer, manifest, checkpoint = checkpoints.restore_decoder(config, checkpoint)
     if progress:
         search = "greedy" if config.eval.beam_size == 1 else f"beam {config.eval.beam_size}"
+        if _sampling(config):
+            search = f"sampling at temperature {config.decode.temperature}"
         print(f"evaluate {split}: decoding ({search}) with {checkpoint}")
     boxes = _boxes(config, split)
     captions, rows = decode_split(config, split, decoder, tokenizer, manifest, boxes, progress)

@@ -101,6 +101,8 @@ def _metrics_html(path: str) -> str:
         body += "<p class='meta'>Attention correctness: no generated word named a boxed object.</p>"
     body += report_diversity.metrics_table(stored)
     search = "greedy" if stored.get("beam") == 1 else f"beam {stored.get('beam')}"
+    if stored.get("search"):  # eval.search = "sample"
+        search = f"one sample per image at temperature {stored['search']['temperature']}"
     body += (f"<p class='meta'>{stored.get('count')} images, {search}, checkpoint "
              f"{html.escape(str(stored.get('checkpoint')))}</p>")
     body += "".join(f"<p class='meta'>Note: {html.escape(n)}</p>" for n in stored.get("notes", []))

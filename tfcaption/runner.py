@@ -119,7 +119,8 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     }
     print(f"\nscores on the {config.eval.split} split "
           f"({getattr(config.data, f'{config.eval.split}_split')}), "
-          f"beam {config.eval.beam_size}:")
+          + (f"sampled at temperature {config.decode.temperature}:"
+             if config.eval.search == "sample" else f"beam {config.eval.beam_size}:"))
     for name, value in scores.get("metrics", scores).items():
         if isinstance(value, (int, float)):
             print(f"  {name:<10} {value:.4f}")
