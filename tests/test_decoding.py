@@ -425,11 +425,11 @@ def test_decode_config_is_overridable_from_the_command_line():
     from tfcaption.config import RunConfig, override
 
     config = RunConfig()
-    assert config.decode.no_repeat_ngram == 0 and config.decode.top_p == 1.0
-    for assignment in ("decode.no_repeat_ngram=3", "decode.temperature=0.7", "decode.top_k=5"):
+    assert config.decode.no_repeat_ngram == 3 and config.decode.top_p == 1.0
+    for assignment in ("decode.no_repeat_ngram=0", "decode.temperature=0.7", "decode.top_k=5"):
         override(config, assignment)
     assert (config.decode.no_repeat_ngram, config.decode.temperature, config.decode.top_k) == \
-        (3, 0.7, 5)
+        (0, 0.7, 5)
 
 
 def test_decode_settings_name_what_an_export_fixes_and_nothing_per_request():
@@ -437,7 +437,7 @@ def test_decode_settings_name_what_an_export_fixes_and_nothing_per_request():
 
     from tfcaption.config import RunConfig
     base = decoding.decode_settings(RunConfig())
-    for field, value in (("no_repeat_ngram", 3), ("top_k", 5), ("top_p", 0.9), ("seed", 7)):
+    for field, value in (("no_repeat_ngram", 2), ("top_k", 5), ("top_p", 0.9), ("seed", 7)):
         changed = RunConfig()
         setattr(changed.decode, field, value)
         assert decoding.decode_settings(changed) != base, field

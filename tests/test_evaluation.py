@@ -269,7 +269,7 @@ def test_sampled_diversity_goes_into_metrics_and_the_report(trained, tmp_path):
     stored = evaluation.evaluate(config, progress=False)
     samples = stored["diversity"]["samples"]
     assert stored["sampled"] == {"num_captions": 3, "temperature": 1.0, "top_k": 0,
-                                 "top_p": 1.0, "seed": 0, "no_repeat_ngram": 0}
+                                 "top_p": 1.0, "seed": 0, "no_repeat_ngram": 3}
     assert samples["num_captions"] == 3 and samples["captions"] == 3 * 8
     assert 0.0 <= samples["self_bleu_4"] <= 1.0 and 0.0 <= samples["novel"] <= 1.0
     assert all(len(v) == 3 for v in samples["examples"].values())

@@ -43,7 +43,8 @@ def run(tmp_path_factory):
     decoder, *_ = checkpoints.restore_decoder(config)
     h, w, c = backbone.grid_shape
     grid = tf.reshape(backbone(backbone.normalize(images)), [-1, h * w, c])
-    eager = [x.numpy() for x in decoding.greedy(decoder, grid, MAX_LEN)]
+    eager = [x.numpy() for x in decoding.greedy(decoder, grid, MAX_LEN,
+                                                config.decode.no_repeat_ngram)]
     return types.SimpleNamespace(config=config, root=root, images=images.numpy(),
                                  eager=dict(zip(tflite_export.OUTPUTS, eager)), grid=(h, w))
 
@@ -80,7 +81,7 @@ def test_info_and_vocabulary_sit_beside_the_model(run, exported):
     assert info["input"] == {"name": "images", "dtype": "uint8", "shape": [-1, size, size, 3],
                              "resize": "squash (no crop) to the input size, RGB"}
     assert info["weights_dtype"] == "float16" and info["max_len"] == MAX_LEN
-    assert info["decode_settings"] == {"no_repeat_ngram": 0, "top_k": 0, "top_p": 1.0,
+    assert info["decode_settings"] == {"no_repeat_ngram": 3, "top_k": 0, "top_p": 1.0,
                                        "seed": 0}
     vocab = (pathlib.Path(exported["float16"]) / "vocab.txt").read_text().split()
     assert vocab[:4] == ["<pad>", "<start>", "<end>", "<unk>"] and len(vocab) == info["vocab_size"]

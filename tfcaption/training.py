@@ -247,7 +247,10 @@ def greedy_captions(trainer: Trainer, split_role: str, limit: int = 0,
     if max_len not in trainer.greedy_fns:
         @tf.function
         def decode(feats):
-            tokens = strategy.run(lambda f: decoding.greedy(decoder, f, max_len)[0],
+            # As evaluation decodes (decode.no_repeat_ngram too), so the best
+            # checkpoint is chosen by the captions that will be scored.
+            no_repeat = trainer.config.decode.no_repeat_ngram
+            tokens = strategy.run(lambda f: decoding.greedy(decoder, f, max_len, no_repeat)[0],
                                   args=(feats,))
             return strategy.gather(tokens, axis=0)
         trainer.greedy_fns[max_len] = decode
