@@ -11,8 +11,10 @@ Scores:    test split (300 images), beam 3, coco-caption metrics, after 6 epochs
            attention correctness on shape words: pointing game 0.90 (chance 0.07).
            The tree before the new training order and decoding (e992de2) gave
            BLEU-4 0.76, METEOR 0.49, ROUGE_L 0.85, CIDEr-D 4.0, pointing 0.89; the
-           0.5 CIDEr-D lost is not explained yet (the model itself scores lower:
-           greedy 3.34) and is for the next change to this demo to find.
+           0.5 CIDEr-D lost is not explained yet: the model itself scores lower
+           (greedy 3.34; greedy validation after epochs 1-6: 1.01 1.95 2.26 3.03
+           3.15 3.29 here, 0.72 2.12 2.92 3.41 3.41 3.60 on e992de2, same machine),
+           most likely the batch order of data/batches.py (open in issue 13).
 
 Features come from a SqueezeNet with random (seeded) weights, so no ImageNet
 weights are needed. Which layer to attend over decides whether attention can
