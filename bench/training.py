@@ -78,13 +78,18 @@ from tfcaption import io, training  # noqa: E402
 from tfcaption.attention_correctness import slice_centres  # noqa: E402
 from tfcaption.config import (DataConfig, FeatureConfig, ModelConfig, PipelineConfig,  # noqa: E402
                               RunConfig, TrainConfig)
+from tfcaption.data import batches as batches_module  # noqa: E402
 from tfcaption.data import features, pipeline, sources, text  # noqa: E402
 from tfcaption.data.example import Example  # noqa: E402
 from tfcaption.models.captioner import target_mask  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from tutorial_model import make_tutorial_step  # noqa: E402
+
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 GRID = (8, 8, 2048)  # InceptionV3 at 299 px
 VOCAB = 5000
+TUTORIAL_TOKENS = 50  # the tutorial pads every caption to this length
 
 
 # -- the analytic FLOP count --------------------------------------------------
@@ -299,6 +304,19 @@ def main() -> int:
                            "padded": padded, "warm": warm, "shapes": len(shapes), "times": [],
                            "calls": calls}
             log(f"{label}: {len(shapes)} shape(s) traced in {warm:.1f} s")
+        # The tutorial's step on the same pairs, each caption padded to 50 tokens.
+        pairs = runs["bucketed"]
+        tutorial = [(f, batches_module.pad_tokens(t, TUTORIAL_TOKENS))
+                    for f, t in pairs["batches"][: args.fixed_steps]]
+        step = make_tutorial_step(VOCAB)
+        tutorial_step = lambda f, t: (step(f, t), None, None)  # noqa: E731
+        warm = run_steps(tutorial_step, tutorial[:1])
+        runs["tutorial-style"] = {
+            "step": tutorial_step, "batches": tutorial, "images": None, "warm": warm,
+            "real": sum(float(tf.reduce_sum(target_mask(t[:, 1:]))) for _, t in tutorial),
+            "padded": len(tutorial) * batch_size * (TUTORIAL_TOKENS - 1), "shapes": 1,
+            "times": [], "calls": 1}
+        log(f"tutorial-style: traced in {warm:.1f} s")
         references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
                       "matmul 1024^3 XLA": matmul_loop(1024, 8, jit=True)}
         for fn, x, _ in references.values():
@@ -337,16 +355,26 @@ def main() -> int:
         n = len(run["batches"])
         caps = sum(float(tf.reduce_sum(tf.cast(tk[:, 0] != 0, tf.float32)))
                    for _, tk in run["batches"])
-        useful = (run["images"] * per_caption + run["real"] * per_token) / t / 1e9
+        if run["images"] is None:  # another model: its useful work is not ours
+            useful_cells = f"{'n/a':>16}{'n/a':>11}"
+        else:
+            useful = (run["images"] * per_caption + run["real"] * per_token) / t / 1e9
+            useful_cells = f"{useful:>16.1f}{useful / peak:>11.3f}"
         print(f"{label:<18}{n:>6}{n / t:>9.3f}{caps / t:>12.1f}{run['real'] / t:>12.0f}"
-              f"{run['real'] / run['padded']:>13.2f}{useful:>16.1f}{useful / peak:>11.3f}"
-              f"{run['warm']:>11.1f}")
+              f"{run['real'] / run['padded']:>13.2f}{useful_cells}{run['warm']:>11.1f}")
     for label, rate in rates.items():
         print(f"{label:<18}{'':>6}{'':>9}{'':>12}{'':>12}{'':>13}{rate:>16.1f}"
               f"{rate / peak:>11.3f}")
     rate = {label: r["real"] / min(r["times"]) for label, r in runs.items()}
     print("\nreal tokens/s relative to bucketed: " + ", ".join(
         f"{label} {r / rate['bucketed']:.2f}" for label, r in rate.items() if label != "bucketed"))
+    captions = {label: sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32)))
+                           for _, t in r["batches"]) / min(r["times"])
+                for label, r in runs.items()}
+    best = max((label for label in captions if label != "tutorial-style"), key=captions.get)
+    print(f"captions/s against the tutorial-style step (Flickr8k captions, the tutorial's "
+          f"sizes): {best} {captions[best] / captions['tutorial-style']:.1f}x, bucketed "
+          f"{captions['bucketed'] / captions['tutorial-style']:.1f}x")
     print("warm-up: tracing (and XLA compiling) once per distinct batch shape: "
           f"{runs['bucketed']['shapes']} shapes among the bucketed batches (padded to "
           f"bucket boundaries), {runs['own longest']['shapes']} when each batch is cut to "

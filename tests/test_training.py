@@ -66,6 +66,10 @@ def test_restoring_under_other_model_options_is_refused(cached):
         restore_decoder(config)
     with pytest.raises(ValueError, match="other model options"):  # resuming training
         training.train(config, progress=False)
+    # The other way round: the checkpoint's gate weights have nowhere to go.
+    config.model.position_embedding, config.model.gate = False, False
+    with pytest.raises(ValueError, match="gate_layer"):
+        restore_decoder(config)
 
 
 def first_batch(trainer):

