@@ -53,6 +53,19 @@ def test_training_runs_validates_and_keeps_best(cached):
     assert again["step"] == summary["step"] and again["stopped"] == "complete"
 
 
+def test_a_run_cut_by_the_time_limit_says_so_and_finishes_when_given_time(cached, caplog):
+    config = fresh(cached, "cut", max_minutes=1e-9)  # out of time after the first step
+    summary = training.train(config, progress=False)
+    assert summary["stopped"].startswith("time limit") and summary["step"] == 1
+    total = summary["total_steps"]
+    assert "TRAINING WAS CUT" in caplog.text and f"step 1 of {total}" in caplog.text
+    again = training.train(config, progress=False)  # the same limit: nothing more
+    assert again["step"] == 1 and again["stopped"].startswith("time limit")
+    config.train.max_minutes = 0  # no limit: it resumes and trains the rest
+    done = training.train(config, progress=False)
+    assert done["step"] == total and done["stopped"] == "complete"
+
+
 def test_restoring_under_other_model_options_is_refused(cached):
     """A checkpoint without the location table must not restore into a decoder
     that has one, leaving it at its random init."""

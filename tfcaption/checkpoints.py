@@ -14,6 +14,10 @@ from tfcaption.data.pipeline import vocabulary_path
 from tfcaption.models.build import build_decoder
 
 
+def _weight_names(prefix: str) -> list[str]:
+    return list(tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map())
+
+
 def _decoder_weights(keys) -> set[str]:
     return {k for k in keys if k.startswith("decoder/") and "OPTIMIZER_SLOT" not in k}
 
@@ -28,8 +32,8 @@ def _check_no_extra_weights(checkpoint: tf.train.Checkpoint, path: str) -> None:
     # The decoder's own keys, as a checkpoint of it would name them.
     probe = f"ram://tfcaption-probe-{id(decoder)}/ckpt"
     written = tf.train.Checkpoint(decoder=decoder).write(probe)
-    try:
-        mine = _decoder_weights(k for k, _ in tf.train.list_variables(written))
+    try:  # read by prefix: ram:// says any prefix of a file is a directory
+        mine = _decoder_weights(_weight_names(written))
     finally:
         io.gfile.rmtree(probe.rsplit("/", 1)[0])
     extra = sorted(_decoder_weights(k for k, _ in tf.train.list_variables(path)) - mine)

@@ -129,6 +129,9 @@ def run(config: RunConfig, progress: bool = True) -> dict:
         print(f"attention on the {correctness['words']} generated words that name a boxed "
               f"object:\n  pointing   {correctness['pointing_accuracy']:.4f}  (chance "
               f"{correctness['chance']:.4f})\n  mass in box {correctness['mass_in_box']:.4f}")
+    if summary["stopped"].startswith("time limit"):  # again, last, where it is seen
+        print("\n" + training.time_limit_message(summary["step"], summary["total_steps"],
+                                                  config.train.max_minutes))
     print("\nartifacts:")
     for name, where in artifacts.items():
         print(f"  {name:<17} {where}")

@@ -309,9 +309,10 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     start_step = int(step_var.numpy())
     finished = _read_finished(tc.train_dir)
     if start_step >= trainer.total_steps or (
-            finished and finished["total_steps"] == trainer.total_steps):
+            finished and finished["total_steps"] == trainer.total_steps
+            and not _limit_raised(finished, tc.max_minutes)):
         # An early-stopped or time-limited run is finished too: running the
-        # pipeline again must not train it further.
+        # pipeline again must not train it further (unless given more time).
         log.info("training already finished at step %d", start_step)
         return _summary(trainer, stopped=finished["stopped"] if finished else "complete")
 
@@ -374,15 +375,28 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
             trainer.latest.save(checkpoint_number=step)
         if out_of_time:
             stopped = f"time limit ({tc.max_minutes} min)"
-            log.warning("stopped by train.max_minutes=%s at step %d of %d: the model is "
-                        "not the one the pipeline describes and its scores are lower",
-                        tc.max_minutes, step, trainer.total_steps)
+            log.warning("%s", time_limit_message(step, trainer.total_steps, tc.max_minutes))
             break
     writer.flush()
     summary = _summary(trainer, stopped=stopped)
     if chief:
         io.write_json(io.join(tc.train_dir, FINISHED), summary)
     return summary
+
+
+def time_limit_message(step: int, total: int, minutes: float) -> str:
+    return (f"TRAINING WAS CUT by train.max_minutes={minutes} at step {step} of {total} "
+            f"({100 * step / max(total, 1):.0f}% of its budget): the model is not the one "
+            "the pipeline describes, and its scores are lower than the ones it states. "
+            "Run again with --set train.max_minutes=0 to train the remaining steps "
+            "(it resumes from the last checkpoint).")
+
+
+def _limit_raised(finished: dict, minutes: float) -> bool:
+    """A run cut by the time limit continues when run again with a higher or no limit."""
+    cut = finished["stopped"].startswith("time limit")
+    before = finished.get("max_minutes", 0.0)
+    return cut and (not minutes or minutes > before)
 
 
 def _read_finished(train_dir: str) -> dict | None:
@@ -422,7 +436,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
 
 def _summary(trainer: Trainer, stopped: str) -> dict:
     return {"stopped": stopped, "step": int(trainer.state["step"].numpy()),
-            "total_steps": trainer.total_steps, "steps_per_epoch": trainer.steps_per_epoch,
+            "total_steps": trainer.total_steps, "max_minutes": trainer.config.train.max_minutes, "steps_per_epoch": trainer.steps_per_epoch,
             "step_traces": round(trainer.traces),
             "best_CIDEr-D": float(trainer.state["best_metric"].numpy()),
             "best_checkpoint": trainer.best.latest_checkpoint,
