@@ -25,6 +25,7 @@ setup(
     packages=find_packages(include=["tfcaption", "tfcaption.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    # xdist: the suite runs in two processes (pytest.ini), a file per process.
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
     entry_points={"console_scripts": ["tfcaption = tfcaption.cli:main"]},
 )

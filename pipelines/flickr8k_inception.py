@@ -26,7 +26,7 @@ CONFIG = RunConfig(
     features=FeatureConfig(backbone="inception_v3", weights="imagenet",
                            cache_dir="runs/flickr8k_inception/features", batch_size=32,
                            shard_size=500),
-    pipeline=PipelineConfig(batch_size=64, bucket_boundaries=(10, 12, 14, 16, 19)),
+    pipeline=PipelineConfig(batch_size=64),
     model=ModelConfig(embedding_dim=256, units=512, attention_units=256, feature_dim=256,
                       dropout=0.3),
     train=TrainConfig(train_dir="runs/flickr8k_inception/train", epochs=8, learning_rate=1e-3,

@@ -31,7 +31,7 @@ CONFIG = RunConfig(
         weights="../shared/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
         input_size=224, cache_dir="runs/flickr8k_squeezenet/features", batch_size=32,
         shard_size=500),
-    pipeline=PipelineConfig(batch_size=64, bucket_boundaries=(10, 12, 14, 16, 19)),
+    pipeline=PipelineConfig(batch_size=64),
     model=ModelConfig(embedding_dim=256, units=512, attention_units=256, feature_dim=256,
                       dropout=0.3),
     train=TrainConfig(train_dir="runs/flickr8k_squeezenet/train", epochs=8,
