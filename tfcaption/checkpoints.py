@@ -36,7 +36,7 @@ def _check_no_extra_weights(checkpoint: tf.train.Checkpoint, path: str) -> None:
         mine = _decoder_weights(_weight_names(written))
     finally:
         io.gfile.rmtree(probe.rsplit("/", 1)[0])
-    extra = sorted(_decoder_weights(k for k, _ in tf.train.list_variables(path)) - mine)
+    extra = sorted(_decoder_weights(_weight_names(path)) - mine)
     if extra:
         names = ", ".join(k.split("/.ATTRIBUTES")[0] for k in extra[:5])
         raise ValueError(f"{path} holds decoder weights this decoder does not have ({names}"
