@@ -77,7 +77,7 @@ def main() -> int:
         config = RunConfig(
             features=FeatureConfig(cache_dir=cache),
             pipeline=PipelineConfig(batch_size=batch, captions_per_image=k),
-            model=ModelConfig(embedding_dim=256, units=512, attention_units=512, feature_dim=512),
+            model=ModelConfig(embedding_dim=256, units=512, attention_units=512, feature_dim=256),
             train=TrainConfig(train_dir=os.path.join(tmp, "train"), epochs=1))
         trainer = training.make_trainer(config)
         step = training.make_step(trainer)

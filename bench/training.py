@@ -22,12 +22,19 @@ reference in one process (round 1, round 2, ...), best round kept:
     bucketed       the default: length buckets, each batch padded to its bucket's
                    boundary (one trace per boundary)
     bucketed bf16  the same under train.mixed_precision=mixed_bfloat16
+    no norm affine model.feature_norm_affine=false: no scale and offset below
+                   feature_proj, so no input gradient for it (faster; learned
+                   less on the demo, see ModelConfig)
     grouped x5     pipeline.captions_per_image=5: batches of 65 captions from 13
                    images, each image encoded once for its 5 captions (bucketed too)
     fixed-32       pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
     fixed-32 + XLA the same with train.jit_compile (one compile, static shapes)
     fixed-32 4/call  train.steps_per_execution=4: four steps per tf.function call,
                    one host round trip per call (what TPUs and busy GPUs gain from)
+    tutorial-style the TensorFlow tutorial's model and step (bench/tutorial_model.py):
+                   captions padded to 50 tokens, a Python loop over them, the
+                   attention keys recomputed at every position; the ratio of
+                   tfcaption's captions/s to its own is printed last
 
 It runs unchanged on a GPU host (tf.distribute's default strategy places the
 step on the first GPU); the matmul reference is then the GPU's.
@@ -46,10 +53,11 @@ real tokens only -- what a perfect implementation with no padding would do:
         does compute that input gradient, 2LCF more, because feature_norm's
         scale and offset sit below feature_proj; it is not counted as useful.)
 
-At E=256, U=A=F=512, C=2048, L=64, V=5000 that is 168 MFLOP forward per caption
-(134 of it feature_proj) and 7.7 MFLOP forward per token (2.6 of it the
-vocabulary projection, 3.9 the GRU): 371 MFLOP per caption + 23.2 MFLOP per real
-token, forward and backward. Elementwise work (layer norm, dropout, softmax
+At the tutorial's sizes, E=256, U=A=512, F=256 (its encoder's projection),
+C=2048, L=64, V=5000, that is 84 MFLOP forward per caption (67 of it
+feature_proj) and 6.8 MFLOP forward per token (2.6 of it the vocabulary
+projection, 3.1 the GRU): 185 MFLOP per caption + 20.4 MFLOP per real token,
+forward and backward. Elementwise work (layer norm, dropout, softmax
 cross entropy, Adam) is left out: it is not "useful" in this sense.
 
 "of matmul" divides the useful GFLOP/s by a float32 1024^3 tf.matmul chain in a
@@ -248,7 +256,8 @@ def main() -> int:
         cache = os.path.join(tmp, "cache")
         write_cache(cache, captions, vocab_captions)
         log(f"cache written: {len(captions)} images, {where}")
-        model = ModelConfig(embedding_dim=256, units=512, attention_units=512, feature_dim=512)
+        # The tutorial's sizes: its encoder projects the features to embedding_dim (256).
+        model = ModelConfig(embedding_dim=256, units=512, attention_units=512, feature_dim=256)
         config = RunConfig(
             features=FeatureConfig(cache_dir=cache),
             pipeline=PipelineConfig(batch_size=batch_size),
@@ -259,11 +268,12 @@ def main() -> int:
         assert trainer.tokenizer.vocab_size == VOCAB, trainer.tokenizer.vocab_size
 
         def variant(fixed: bool, jit: bool, per_image: int = 0, precision: str = "",
-                    per_call: int = 1) -> RunConfig:
+                    per_call: int = 1, affine: bool = True) -> RunConfig:
             # Whole images per batch: 13 x 5 = 65 captions when grouped.
             size = -(-batch_size // per_image) * per_image if per_image else batch_size
             return dataclasses.replace(
-                config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
+                config, model=dataclasses.replace(model, feature_norm_affine=affine),
+                pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
                                                      captions_per_image=per_image,
                                                      batch_size=size),
                 train=dataclasses.replace(config.train, jit_compile=jit,
@@ -275,6 +285,7 @@ def main() -> int:
                    "bucketed": (variant(False, False), args.steps),
                    "bucketed bf16": (variant(False, False, precision="mixed_bfloat16"),
                                      args.steps),
+                   "no norm affine": (variant(False, False, affine=False), args.steps),
                    "grouped x5": (variant(False, False, 5), args.steps),
                    "fixed-32": (variant(True, False), args.fixed_steps * per_call),
                    "fixed-32 + XLA": (variant(True, True), args.fixed_steps * per_call),
@@ -287,7 +298,9 @@ def main() -> int:
             padded = sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32))) *
                          (int(t.shape[1]) - 1) for _, t in batches)
             # Another precision needs its own decoder (the policy is read at build).
-            owner = trainer if not cfg.train.mixed_precision else training.make_trainer(cfg)
+            # So does another model.
+            own = cfg.train.mixed_precision or cfg.model != config.model
+            owner = training.make_trainer(cfg) if own else trainer
             owner = dataclasses.replace(owner, config=cfg)
             calls = cfg.train.steps_per_execution
             if calls > 1:

@@ -20,6 +20,20 @@ FLICKR8K = SHARED / "flickr8k"
 SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
+# The files that take longest (trained models, killed processes), longest
+# first: the two test processes take whole files in this order, and the short
+# ones then fill in, instead of one process finishing a long file alone.
+LONGEST_FIRST = ("test_resume.py", "test_storage.py", "test_export.py", "test_training.py",
+                 "test_runner.py", "test_evaluation.py", "test_tflite.py", "test_precision.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the order inside a file is kept
+
+
 @pytest.fixture(scope="session")
 def flickr8k_root():
     if not (FLICKR8K / "Flickr8k_text" / "Flickr8k.token.txt").exists():

@@ -112,4 +112,4 @@ def test_cli_export_format_tflite(run, capsys):
     assert f"TFLite model: {out / 'tiny-tflite' / '1' / 'model.tflite'}" in printed
     assert max_tokens(run.config.data.max_caption_words) != MAX_LEN  # --max-len was used
     info = json.loads((out / "tiny-tflite" / "1" / "tfcaption.json").read_text())
-    assert info["max_len"] == MAX_LEN and info["weights_dtype"] == "float16"
+    assert info["max_len"] == MAX_LEN and info["weights_dtype"] == "float32"  # default

@@ -66,7 +66,7 @@ def cmd_export(args) -> int:
         path = tflite_export.export_tflite(
             config, out_root=args.out or ev.export_dir, version=args.version,
             max_len=args.max_len or evaluation.max_len(config), checkpoint=args.checkpoint,
-            float16=not args.float32)
+            float16=args.float16)
         print(f"TFLite model: {os.path.join(path, tflite_export.MODEL_FILE)}")
         return 0
     path = export.export(
@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", default="savedmodel", choices=("savedmodel", "tflite"),
                      help="tflite: greedy search on uint8 images of the input size, "
                      "written to OUT/NAME-tflite/VERSION/ with vocab.txt")
-    exp.add_argument("--float32", action="store_true",
-                     help="with --format tflite: keep float32 weights (default float16)")
+    exp.add_argument("--float16", action="store_true",
+                     help="with --format tflite: float16 weights, half the file (default "
+                          "float32, the SavedModel's tokens exactly)")
     exp.set_defaults(func=cmd_export)
 
     cap = sub.add_parser("caption", help="caption image files with an exported SavedModel")

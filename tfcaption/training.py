@@ -436,7 +436,8 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
 
 def _summary(trainer: Trainer, stopped: str) -> dict:
     return {"stopped": stopped, "step": int(trainer.state["step"].numpy()),
-            "total_steps": trainer.total_steps, "max_minutes": trainer.config.train.max_minutes, "steps_per_epoch": trainer.steps_per_epoch,
+            "total_steps": trainer.total_steps, "steps_per_epoch": trainer.steps_per_epoch,
+            "max_minutes": trainer.config.train.max_minutes,
             "step_traces": round(trainer.traces),
             "best_CIDEr-D": float(trainer.state["best_metric"].numpy()),
             "best_checkpoint": trainer.best.latest_checkpoint,

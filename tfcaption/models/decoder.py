@@ -25,6 +25,7 @@ class GRUDecoder(keras.Model):
                  attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
                  gate: bool = True, init_from_features: bool = True,
                  position_embedding: bool = False, feature_kernel: int = 1, grid_shape=None,
+                 feature_norm_affine: bool = True,
                  **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -38,15 +39,16 @@ class GRUDecoder(keras.Model):
         if feature_kernel > 1 and not grid_shape:
             raise ValueError("feature_kernel > 1 needs the grid's (height, width)")
         self.position_embedding = position_embedding
+        self.feature_norm_affine = feature_norm_affine
         self.feature_kernel = feature_kernel
         self.grid_shape = tuple(grid_shape[:2]) if grid_shape else None
         # Raw backbone scales differ by orders of magnitude (random weights give
         # ~1e-3, ImageNet VGG ~1e2): normalise each location's channels first.
-        # No scale and offset: feature_proj right above learns the same affine
-        # map, and a trainable layer below it would make the step compute
-        # feature_proj's input gradient (~15% of a step) for nothing.
-        self.feature_norm = keras.layers.LayerNormalization(center=False, scale=False,
-                                                            name="feature_norm")
+        # With a scale and offset (feature_norm_affine) the step also computes
+        # feature_proj's input gradient; without them it is faster but, on the
+        # demo, learned markedly less in the same steps (see ModelConfig).
+        self.feature_norm = keras.layers.LayerNormalization(
+            center=feature_norm_affine, scale=feature_norm_affine, name="feature_norm")
         if feature_kernel > 1:
             self.feature_proj = keras.layers.Conv2D(feature_dim, feature_kernel, padding="same",
                                                     activation="relu", name="feature_proj")
@@ -72,6 +74,7 @@ class GRUDecoder(keras.Model):
                    dropout=cfg.dropout, gate=cfg.gate,
                    init_from_features=cfg.init_from_features,
                    position_embedding=cfg.position_embedding,
+                   feature_norm_affine=cfg.feature_norm_affine,
                    feature_kernel=cfg.feature_kernel, **kwargs)
 
     def get_config(self):
@@ -81,6 +84,7 @@ class GRUDecoder(keras.Model):
                 "dropout": self.dropout_rate, "gate": self.gate,
                 "init_from_features": self.init_from_features,
                 "position_embedding": self.position_embedding,
+                "feature_norm_affine": self.feature_norm_affine,
                 "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape}
 
     def encode(self, features, training=False):
