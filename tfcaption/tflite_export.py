@@ -14,8 +14,9 @@ Greedy search only: its tf.while_loop becomes a TFLite WHILE over builtin ops.
 Beam search does not convert to builtins (its buffer writes need the
 StridedSlice form TFLite lacks) and would need the Flex delegate, which apps
 rarely ship. Weights are float32 by default: its tokens are the SavedModel's
-(300/300 demo test images). float16 on request halves the file (the kernels
-compute in float32 after dequantising) and changed 2 of 300 demo captions.
+(300/300 demo test images, bench/tflite_agreement.py). float16 on request
+halves the file (the kernels compute in float32 after dequantising) and
+changed 1 of the 300 demo captions.
 """
 
 from __future__ import annotations
