@@ -22,9 +22,6 @@ reference in one process (round 1, round 2, ...), best round kept:
     bucketed       the default: length buckets, each batch padded to its bucket's
                    boundary (one trace per boundary)
     bucketed bf16  the same under train.mixed_precision=mixed_bfloat16
-    no norm affine model.feature_norm_affine=false: no scale and offset below
-                   feature_proj, so no input gradient for it (faster; learned
-                   less on the demo, see ModelConfig)
     grouped x5     pipeline.captions_per_image=5: batches of 65 captions from 13
                    images, each image encoded once for its 5 captions (bucketed too)
     fixed-32       pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
@@ -50,8 +47,8 @@ real tokens only -- what a perfect implementation with no padding would do:
         gate 2U, GRU 2(E+F)3U + 2U*3U, deep output 2UE + 2FE, vocabulary 2EV
     backward = 2x forward (input and weight gradients), except feature_proj,
         whose input (the cached features) needs no gradient: 1x. (The step
-        does compute that input gradient, 2LCF more, because feature_norm's
-        scale and offset sit below feature_proj; it is not counted as useful.)
+        does not compute it: feature_norm's scale and offset are folded into
+        feature_proj's kernel, see GRUDecoder.project_features.)
 
 At the tutorial's sizes, E=256, U=A=512, F=256 (its encoder's projection),
 C=2048, L=64, V=5000, that is 84 MFLOP forward per caption (67 of it
@@ -268,12 +265,11 @@ def main() -> int:
         assert trainer.tokenizer.vocab_size == VOCAB, trainer.tokenizer.vocab_size
 
         def variant(fixed: bool, jit: bool, per_image: int = 0, precision: str = "",
-                    per_call: int = 1, affine: bool = True) -> RunConfig:
+                    per_call: int = 1) -> RunConfig:
             # Whole images per batch: 13 x 5 = 65 captions when grouped.
             size = -(-batch_size // per_image) * per_image if per_image else batch_size
             return dataclasses.replace(
-                config, model=dataclasses.replace(model, feature_norm_affine=affine),
-                pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
+                config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
                                                      captions_per_image=per_image,
                                                      batch_size=size),
                 train=dataclasses.replace(config.train, jit_compile=jit,
@@ -285,7 +281,6 @@ def main() -> int:
                    "bucketed": (variant(False, False), args.steps),
                    "bucketed bf16": (variant(False, False, precision="mixed_bfloat16"),
                                      args.steps),
-                   "no norm affine": (variant(False, False, affine=False), args.steps),
                    "grouped x5": (variant(False, False, 5), args.steps),
                    "fixed-32": (variant(True, False), args.fixed_steps * per_call),
                    "fixed-32 + XLA": (variant(True, True), args.fixed_steps * per_call),
@@ -298,9 +293,7 @@ def main() -> int:
             padded = sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32))) *
                          (int(t.shape[1]) - 1) for _, t in batches)
             # Another precision needs its own decoder (the policy is read at build).
-            # So does another model.
-            own = cfg.train.mixed_precision or cfg.model != config.model
-            owner = training.make_trainer(cfg) if own else trainer
+            owner = trainer if not cfg.train.mixed_precision else training.make_trainer(cfg)
             owner = dataclasses.replace(owner, config=cfg)
             calls = cfg.train.steps_per_execution
             if calls > 1:

@@ -101,12 +101,6 @@ class ModelConfig:
     # learned constant, so every word must find its evidence by attending.
     init_from_features: bool = True
     position_embedding: bool = False  # a learned vector per grid location
-    # A scale and offset after the features' layer norm. feature_proj could
-    # learn the same map, but not as fast: without them the demo's test CIDEr-D
-    # fell from 3.98 to 3.43 and its pointing game from 0.86 to 0.80 (one run
-    # each, same steps), for a step ~20% faster (no input gradient for
-    # feature_proj). False: that faster step.
-    feature_norm_affine: bool = True
     # 1: project each location alone; k > 1: a k x k convolution over the grid,
     # so the decoder can learn detectors that span neighbouring cells.
     feature_kernel: int = 1

@@ -183,3 +183,36 @@ def test_variant_config_round_trips():
     decoder = tiny_decoder(**VARIANTS["conv_and_positions"])
     clone = GRUDecoder.from_config(decoder.get_config())
     assert (clone.feature_kernel, clone.grid_shape, clone.position_embedding) == (3, (3, 3), True)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_folded_norm_affine_is_the_layers_function_and_gradients(kernel):
+    """encode folds feature_norm's scale and offset into feature_proj: values and
+    the gradients of every weight must equal feature_proj(feature_norm(x)),
+    border cells of the 3x3 convolution included (non-trivial gamma and beta)."""
+    grid = (3, 3)
+    decoder = tiny_decoder(feature_kernel=kernel, grid_shape=grid)
+    rng = np.random.default_rng(1)
+    decoder.feature_norm.gamma.assign(rng.uniform(0.5, 2.0, CHANNELS).astype(np.float32))
+    decoder.feature_norm.beta.assign(rng.normal(0, 1.0, CHANNELS).astype(np.float32))
+    features, _ = batch()
+    weights = [decoder.feature_norm.gamma, decoder.feature_norm.beta,
+               decoder.feature_proj.kernel, decoder.feature_proj.bias]
+
+    def unfolded():
+        x = decoder.feature_norm(features)
+        if kernel > 1:
+            x = tf.reshape(x, [-1, *grid, CHANNELS])
+        return tf.reshape(decoder.feature_proj(x), [features.shape[0], LOCATIONS, -1])
+
+    probe = tf.constant(rng.normal(size=(features.shape[0], LOCATIONS, 8)), tf.float32)
+    outputs = {}
+    for name, fn in {"folded": lambda: decoder.project_features(features),
+                     "unfolded": unfolded}.items():
+        with tf.GradientTape() as tape:
+            values = fn()
+            loss = tf.reduce_sum(values * probe) + tf.reduce_sum(values ** 2)
+        outputs[name] = (values.numpy(), [g.numpy() for g in tape.gradient(loss, weights)])
+    np.testing.assert_allclose(outputs["folded"][0], outputs["unfolded"][0], atol=1e-5)
+    for a, b in zip(outputs["folded"][1], outputs["unfolded"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
