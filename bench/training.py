@@ -154,7 +154,7 @@ def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[
             # Non-negative, like a ReLU backbone's output.
             grid = np.abs(rng.standard_normal((GRID[0] * GRID[1], GRID[2]), np.float32))
             writer.write(features._serialize(ex.image_id, grid, ex))
-    io.write_json(os.path.join(out, f"{name}.json"),
+    io.write_json(os.path.join(out, features.sidecar_name(name)),
                   {"count": len(examples),
                    "image_ids": [ex.image_id for ex in examples], "skipped": []})
     fingerprint = {"source": "bench", "split": "train", "backbone": "inception_v3 (random)",

@@ -50,6 +50,14 @@ log = logging.getLogger("tfcaption.extract")
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.json"
+SHARD_SUFFIX = ".tfrecord"
+
+
+def sidecar_name(shard: str) -> str:
+    """A shard's sidecar, from its name or path with or without .tfrecord:
+    features-00003-of-00012[.tfrecord] -> features-00003-of-00012.json."""
+    stem = shard[: -len(SHARD_SUFFIX)] if shard.endswith(SHARD_SUFFIX) else shard
+    return f"{stem}.json"
 VOCABULARY = "vocab.txt"
 
 
@@ -217,7 +225,7 @@ class Extractor:
                    # without reading its records.
                    "caption_counts": [len(examples[i].captions) for i in done],
                    "skipped": skipped}
-        io.write_json(f"{path}.json", sidecar)
+        io.write_json(sidecar_name(path), sidecar)
         io.gfile.rename(io.temp_name(f"{path}.tfrecord"), f"{path}.tfrecord", overwrite=True)
         return sidecar
 
@@ -326,7 +334,7 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
 
 
 def _write_manifest(config, split_role, out, names, fingerprint, examples, centres) -> dict:
-    sidecars = [io.read_json(io.join(out, f"{n}.json")) for n in names]
+    sidecars = [io.read_json(io.join(out, sidecar_name(n))) for n in names]
     skipped = [s for car in sidecars for s in car["skipped"]]
     dropped = {s["image_id"] for s in skipped}
     captions = [c for ex in examples if ex.image_id not in dropped for c in ex.captions]

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfcaption import io
 from tfcaption.config import PipelineConfig
 from tfcaption.data import batches, text
-from tfcaption.data.features import load_manifest
+from tfcaption.data.features import load_manifest, sidecar_name
 
 _SPEC = {
     "image_id": tf.io.FixedLenFeature([], tf.string),
@@ -72,7 +72,7 @@ def _shard_counts(manifest: dict) -> tuple[list[int], list[list[int]] | None]:
     record them (caches made before they did: None, counted when read)."""
     images, captions = [], []
     for name in manifest["shards"]:
-        sidecar = io.read_json(io.join(manifest["dir"], name[: -len(".tfrecord")] + ".json"))
+        sidecar = io.read_json(io.join(manifest["dir"], sidecar_name(name)))
         images.append(sidecar["count"])
         captions.append(sidecar.get("caption_counts"))
     return images, None if any(c is None for c in captions) else captions
