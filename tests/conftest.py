@@ -34,6 +34,23 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: the order inside a file is kept
 
 
+@pytest.fixture(scope="session", autouse=True)
+def meteor_warm():
+    """One METEOR scorer per test process. Its Java process spends 10-20 s
+    loading its tables, and every evaluation (each `tfcaption run` a test makes)
+    would start one; started here, it loads while the first tests run. Its
+    -stdio mode keeps no state between requests, so no score changes."""
+    from tfcaption import metrics
+    if not metrics.java_available():
+        yield None
+        return
+    import pycocoevalcap.meteor.meteor as meteor_module
+    shared = meteor_module.Meteor()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(meteor_module, "Meteor", lambda: shared)
+        yield shared
+
+
 @pytest.fixture(scope="session")
 def flickr8k_root():
     if not (FLICKR8K / "Flickr8k_text" / "Flickr8k.token.txt").exists():

@@ -116,22 +116,7 @@ def tiny_synthetic(root: pathlib.Path) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def meteor_warm():
-    """METEOR's Java process spends 10-20 s loading its tables; started first, it
-    loads while the fixture trains. Its -stdio mode keeps no state between
-    requests, so evaluate() using this process changes no number."""
-    import pycocoevalcap.meteor.meteor as meteor_module
-    if not evaluation.metrics.java_available():
-        yield None
-        return
-    shared = meteor_module.Meteor()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(meteor_module, "Meteor", lambda: shared)
-        yield shared
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, meteor_warm):
+def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluation")
     config = tiny_synthetic(root)
     synthetic.generate(config.data.root, seed=0, counts=(24, 8, 8), image_size=64)
