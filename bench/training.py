@@ -354,19 +354,21 @@ def main() -> int:
           f"{per_token / 1e6:.1f} M per real token; "
           f"{sample['real'] / (len(sample['batches']) * batch_size):.1f} real tokens "
           "(words + <end>) per caption in the bucketed batches\n")
+    # Captions per second of each run (masked rows, which fill a batch, excluded).
+    captions = {label: sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32)))
+                           for _, t in r["batches"]) / min(r["times"])
+                for label, r in runs.items()}
     print(f"{'config':<18}{'steps':>6}{'steps/s':>9}{'captions/s':>12}{'real tok/s':>12}"
           f"{'real/padded':>13}{'useful GFLOP/s':>16}{'of matmul':>11}{'warm-up s':>11}")
     for label, run in runs.items():
         t = min(run["times"])
         n = len(run["batches"])
-        caps = sum(float(tf.reduce_sum(tf.cast(tk[:, 0] != 0, tf.float32)))
-                   for _, tk in run["batches"])
         if run["images"] is None:  # another model: its useful work is not ours
             useful_cells = f"{'n/a':>16}{'n/a':>11}"
         else:
             useful = (run["images"] * per_caption + run["real"] * per_token) / t / 1e9
             useful_cells = f"{useful:>16.1f}{useful / peak:>11.3f}"
-        print(f"{label:<18}{n:>6}{n / t:>9.3f}{caps / t:>12.1f}{run['real'] / t:>12.0f}"
+        print(f"{label:<18}{n:>6}{n / t:>9.3f}{captions[label]:>12.1f}{run['real'] / t:>12.0f}"
               f"{run['real'] / run['padded']:>13.2f}{useful_cells}{run['warm']:>11.1f}")
     for label, rate in rates.items():
         print(f"{label:<18}{'':>6}{'':>9}{'':>12}{'':>12}{'':>13}{rate:>16.1f}"
@@ -374,9 +376,6 @@ def main() -> int:
     rate = {label: r["real"] / min(r["times"]) for label, r in runs.items()}
     print("\nreal tokens/s relative to bucketed: " + ", ".join(
         f"{label} {r / rate['bucketed']:.2f}" for label, r in rate.items() if label != "bucketed"))
-    captions = {label: sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32)))
-                           for _, t in r["batches"]) / min(r["times"])
-                for label, r in runs.items()}
     best = max((label for label in captions if label != "tutorial-style"), key=captions.get)
     print(f"captions/s against the tutorial-style step (Flickr8k captions, the tutorial's "
           f"sizes): {best} {captions[best] / captions['tutorial-style']:.1f}x, bucketed "

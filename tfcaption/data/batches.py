@@ -101,9 +101,9 @@ def spread_order(bucket, buckets: int, seed) -> tf.Tensor:
 
     Why: caption length says what a caption describes (in the synthetic world,
     how many objects), so a run of batches from one bucket pulls the model
-    toward one kind of caption. Shuffled batches made the demo's validation
-    CIDEr-D 3.29 after 6 epochs; spread batches (as tf.data's
-    bucket_by_sequence_length emits them, a batch as its bucket fills) 3.7.
+    toward one kind of caption. On the demo (pipelines/synthetic.py), shuffled
+    batches gave test CIDEr-D 3.50; spread batches 3.88-3.98, as with tf.data's
+    bucket_by_sequence_length, which emits a batch as its bucket fills.
     """
     counts = tf.math.bincount(bucket, minlength=buckets, maxlength=buckets)
     # Each batch's rank among its bucket's batches.

@@ -50,6 +50,7 @@ log = logging.getLogger("tfcaption.extract")
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.json"
+VOCABULARY = "vocab.txt"
 SHARD_SUFFIX = ".tfrecord"
 
 
@@ -58,7 +59,6 @@ def sidecar_name(shard: str) -> str:
     features-00003-of-00012[.tfrecord] -> features-00003-of-00012.json."""
     stem = shard[: -len(SHARD_SUFFIX)] if shard.endswith(SHARD_SUFFIX) else shard
     return f"{stem}.json"
-VOCABULARY = "vocab.txt"
 
 
 def split_dir(cache_dir: str, split_role: str) -> str:
