@@ -14,7 +14,7 @@ from tfcaption.data.pipeline import vocabulary_path
 from tfcaption.models.build import build_decoder
 
 
-def _weight_names(prefix: str) -> list[str]:
+def weight_names(prefix: str) -> list[str]:
     return list(tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map())
 
 
@@ -33,10 +33,10 @@ def _check_no_extra_weights(checkpoint: tf.train.Checkpoint, path: str) -> None:
     probe = f"ram://tfcaption-probe-{id(decoder)}/ckpt"
     written = tf.train.Checkpoint(decoder=decoder).write(probe)
     try:  # read by prefix: ram:// says any prefix of a file is a directory
-        mine = _decoder_weights(_weight_names(written))
+        mine = _decoder_weights(weight_names(written))
     finally:
         io.gfile.rmtree(probe.rsplit("/", 1)[0])
-    extra = sorted(_decoder_weights(_weight_names(path)) - mine)
+    extra = sorted(_decoder_weights(weight_names(path)) - mine)
     if extra:
         names = ", ".join(k.split("/.ATTRIBUTES")[0] for k in extra[:5])
         raise ValueError(f"{path} holds decoder weights this decoder does not have ({names}"

@@ -139,6 +139,17 @@ class TrainConfig:
     val_batch_size: int = 100
     log_every: int = 50
     seed: int = 0  # initial weights, dropout and data order
+    # Self-critical sequence training (tfcaption/scst.py): rl_epochs > 0 adds a
+    # second phase that starts from the best cross-entropy checkpoint and
+    # trains on the reward of sampled captions. Its batches hold rl_images
+    # images (0: batch_size // rl_samples) with all their references.
+    rl_epochs: int = 0
+    rl_samples: int = 5  # captions sampled per image
+    rl_baseline: str = "mean"  # "mean" of the image's other samples, or "greedy"
+    rl_reward: str = "cider"  # "cider" (CIDEr-D), "bleu4" or "cider+bleu4"
+    rl_learning_rate: float = 5e-5  # constant; ~10x below cross-entropy's
+    rl_images: int = 0
+    rl_references: int = 5  # references per image the reward compares against
     # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism):
     # a fresh run reproduces its scores exactly; costs a little speed on GPUs.
     deterministic: bool = False

@@ -26,8 +26,8 @@ import time
 import keras
 import tensorflow as tf
 
-from tfcaption import decoding, distribute, io, metrics
-from tfcaption.checkpoints import restore_checked
+from tfcaption import decoding, distribute, io, metrics, rewards, scst
+from tfcaption.checkpoints import restore_checked, weight_names
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
 from tfcaption.models.build import build_decoder
@@ -75,10 +75,22 @@ class Trainer:
     # Validation's decode function, traced once per run rather than once per epoch.
     greedy_fns: dict = dataclasses.field(default_factory=dict)
     traces: float = 0  # of the train step, in this process (one per batch shape)
+    # The SCST phase (scst.py), when train.rl_epochs > 0: its batches, its own
+    # optimizer (own learning rate, fresh moments) and the reward function.
+    rl_data: pipeline.TrainingData | None = None
+    rl_optimizer: keras.optimizers.Optimizer | None = None
+    reward: object = None
+    xe_steps: int = 0  # steps of the cross-entropy phase; the SCST phase follows
 
     @property
     def steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch
+
+    def phase(self, step: int) -> tuple[str, int, int]:
+        """-> ("xe" or "rl", the phase's first step, its steps per epoch)."""
+        if step < self.xe_steps or self.rl_data is None:
+            return "xe", 0, self.data.steps_per_epoch
+        return "rl", self.xe_steps, self.rl_data.steps_per_epoch
 
 
 def rng_state(decoder) -> dict:
@@ -126,43 +138,69 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     check_config(config)
+    scst.check(config)
     strategy = strategy or distribute.make_strategy(config.train)
     check_replicas(config, strategy.num_replicas_in_sync)
     manifest = pipeline.load_manifest(config.features.cache_dir, "train")
     tokenizer = text.Tokenizer(pipeline.vocabulary_path(manifest), config.data.max_caption_words)
     data = pipeline.TrainingData(config.features.cache_dir, tokenizer, config.pipeline)
-    total = data.steps_per_epoch * config.train.epochs
     tc = config.train
-    with strategy.scope():
-        decoder = build_decoder(config, tokenizer.vocab_size, manifest["grid_shape"])
-        schedule = WarmupCosine(tc.learning_rate, tc.warmup_steps, total,
-                                tc.min_learning_rate_ratio)
-        optimizer = SummedGradientsAdam(schedule)
+    xe_total = data.steps_per_epoch * tc.epochs
+    rl_data = scst.training_data(config, tokenizer) if tc.rl_epochs > 0 else None
+    total = xe_total + (rl_data.steps_per_epoch * tc.rl_epochs if rl_data else 0)
+
+    def adam(learning_rate):
+        made = SummedGradientsAdam(learning_rate)
         if tc.mixed_precision == "mixed_float16":
             # float16 gradients underflow without it; bfloat16 has float32's range.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(decoder.trainable_variables)
+            made = keras.optimizers.LossScaleOptimizer(made)
+        made.build(decoder.trainable_variables)
+        return made
+
+    with strategy.scope():
+        decoder = build_decoder(config, tokenizer.vocab_size, manifest["grid_shape"])
+        optimizer = adam(WarmupCosine(tc.learning_rate, tc.warmup_steps, xe_total,
+                                      tc.min_learning_rate_ratio))
+        rl_optimizer = adam(tc.rl_learning_rate) if rl_data else None
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
+    extra = {"rl_optimizer": rl_optimizer} if rl_optimizer else {}
     checkpoint = tf.train.Checkpoint(decoder=decoder, optimizer=optimizer,
-                                     rng=rng_state(decoder), **state)
+                                     rng=rng_state(decoder), **state, **extra)
     latest_dir, best_dir = checkpoint_dirs(tc.train_dir, strategy)
     latest = tf.train.CheckpointManager(checkpoint, latest_dir, max_to_keep=tc.keep_checkpoints)
     best = tf.train.CheckpointManager(checkpoint, best_dir, max_to_keep=1)
+    reward = rewards.make_reward(tc.rl_reward, scst.document_frequencies(config, tokenizer)) \
+        if rl_data else None
     return Trainer(config, strategy, tokenizer, data, decoder, optimizer, checkpoint, latest,
-                   best, state, total)
+                   best, state, total, rl_data=rl_data, rl_optimizer=rl_optimizer,
+                   reward=reward, xe_steps=xe_total)
 
 
-def _replica_step(trainer: Trainer):
+def restore_latest(trainer: Trainer, path: str) -> None:
+    """Restores a run's latest checkpoint. One written before SCST was asked
+    for (train.rl_epochs raised after cross-entropy finished) has no SCST
+    optimizer: everything else is restored, and that optimizer starts fresh."""
+    checkpoint = trainer.checkpoint
+    if trainer.rl_optimizer is not None and not any(
+            k.startswith("rl_optimizer/") for k in weight_names(path)):
+        checkpoint = tf.train.Checkpoint(decoder=trainer.decoder, optimizer=trainer.optimizer,
+                                         rng=rng_state(trainer.decoder), **trainer.state)
+    restore_checked(checkpoint, path)
+
+
+def _replica_step(trainer: Trainer, rl: bool = False):
     """(features, tokens) of one replica -> (loss, stats, gradient norm), weights updated.
+    rl: an SCST step, (features, references, seed) -> the same.
 
     The gradient is summed across replicas before anything looks at it: the
     clip uses the global batch's norm, and the loss scale sees the summed
     gradient, so an overflow on any replica skips the step on all of them.
     """
     tc = trainer.config.train
-    decoder, optimizer = trainer.decoder, trainer.optimizer
+    decoder = trainer.decoder
+    optimizer = trainer.rl_optimizer if rl else trainer.optimizer
     global_batch = trainer.config.pipeline.batch_size
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -173,14 +211,28 @@ def _replica_step(trainer: Trainer):
             target = optimizer.scale_loss(loss) if scaled else loss
         return loss, stats, tape.gradient(target, decoder.trainable_variables)
 
+    def rl_gradients(features, references, seed):
+        # Drawn outside the tape: no gradient flows through a draw.
+        tokens, advantage, real, stats = scst.sample_and_reward(
+            decoder, features, references, trainer.reward, trainer.config, seed)
+        global_samples = scst.images_per_batch(trainer.config) * tc.rl_samples
+        with tf.GradientTape() as tape:
+            loss, more = scst.policy_loss(decoder, features, tokens, advantage, real,
+                                          global_samples)
+            target = optimizer.scale_loss(loss) if scaled else loss
+        return loss, {**stats, **more}, tape.gradient(target, decoder.trainable_variables)
+
     # XLA compiles the model's forward and backward pass; the all-reduce and the
     # optimizer update stay outside, where tf.distribute places them.
-    compiled = tf.function(gradients, jit_compile=tc.jit_compile)
+    compiled = tf.function(rl_gradients if rl else gradients, jit_compile=tc.jit_compile)
 
-    def replica_step(features, tokens):
+    def replica_step(features, tokens, *seed):
         # Python runs only while tracing, once per local replica: a count of traces.
         trainer.traces += 1 / distribute.local_replicas(trainer.strategy)
-        loss, stats, grads = compiled(features, tokens)
+        if seed:  # each replica draws its own samples
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = (tf.stack([seed[0][0], seed[0][1] * 1024 + tf.cast(replica, tf.int64)]),)
+        loss, stats, grads = compiled(features, tokens, *seed)
         grads = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, grads)
         scale = optimizer.dynamic_scale if scaled else None
@@ -204,14 +256,15 @@ def _reduced(strategy, loss, stats, norm):
             strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
 
 
-def make_step(trainer: Trainer):
+def make_step(trainer: Trainer, rl: bool = False):
     """One distributed train step: (features, tokens) -> summed (loss, stats), mean
-    gradient norm. Traced once per batch shape (one per bucket boundary)."""
-    replica_step, strategy = _replica_step(trainer), trainer.strategy
+    gradient norm. Traced once per batch shape (one per bucket boundary).
+    rl: an SCST step, (features, references, seed (2,) int64) -> the same."""
+    replica_step, strategy = _replica_step(trainer, rl), trainer.strategy
 
     @tf.function
-    def step(features, tokens):
-        return _reduced(strategy, *strategy.run(replica_step, args=(features, tokens)))
+    def step(features, tokens, *seed):
+        return _reduced(strategy, *strategy.run(replica_step, args=(features, tokens, *seed)))
 
     return step
 
@@ -283,11 +336,16 @@ def validate(trainer: Trainer) -> dict[str, float]:
 
 
 def _next_call(step: int, trainer: Trainer) -> int:
-    """Steps the next call runs: at most steps_per_execution, never past a log,
-    checkpoint or epoch boundary (they keep their cadence)."""
+    """Steps the next call runs: at most steps_per_execution (1 in the SCST
+    phase), never past a log, checkpoint, epoch or phase boundary (they keep
+    their cadence)."""
     tc = trainer.config.train
-    n = min(tc.steps_per_execution, trainer.total_steps - step)
-    for every in (trainer.steps_per_epoch, tc.checkpoint_every, tc.log_every):
+    phase, first, per_epoch = trainer.phase(step)
+    n = min(tc.steps_per_execution if phase == "xe" else 1, trainer.total_steps - step)
+    if phase == "xe" and trainer.rl_data is not None:
+        n = min(n, trainer.xe_steps - step)
+    n = min(n, per_epoch - (step - first) % per_epoch)
+    for every in (tc.checkpoint_every, tc.log_every):
         if every > 0:
             n = min(n, every - step % every)
     return max(n, 1)
@@ -295,8 +353,9 @@ def _next_call(step: int, trainer: Trainer) -> int:
 
 def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
           progress: bool = True) -> dict:
-    """Trains until `epochs` are done, early stopping, or `max_minutes`; resumes
-    from the latest checkpoint of the chief. Returns a summary dict."""
+    """Trains until `epochs` (then `rl_epochs` of SCST) are done, early stopping,
+    or `max_minutes`; resumes from the latest checkpoint of the chief. Returns a
+    summary dict."""
     trainer = make_trainer(config, strategy)
     tc, strategy = config.train, trainer.strategy
     chief = distribute.is_chief(strategy)
@@ -304,7 +363,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     # Every worker restores the chief's checkpoint: the others' own are never read.
     restored = tf.train.latest_checkpoint(io.join(tc.train_dir, "latest"))
     if restored:
-        restore_checked(trainer.checkpoint, restored)
+        restore_latest(trainer, restored)
         log.info("resumed from %s at step %d", restored, int(step_var.numpy()))
     start_step = int(step_var.numpy())
     finished = _read_finished(tc.train_dir)
@@ -316,30 +375,48 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
         log.info("training already finished at step %d", start_step)
         return _summary(trainer, stopped=finished["stopped"] if finished else "complete")
 
-    dist = distribute.distribute(strategy, lambda: trainer.data.dataset(start_step, tc.epochs))
-    iterator = iter(dist)
-    step_fn = make_step(trainer)
-    multi_fn = make_multi_step(trainer) if tc.steps_per_execution > 1 else None
     # One set of curves: other workers log nothing (they share train_dir).
     writer = tf.summary.create_file_writer(io.join(tc.train_dir, "logs")) \
         if chief else tf.summary.create_noop_writer()
     begun, stopped = time.perf_counter(), "complete"
-    tokens_seen, window_start = 0.0, time.perf_counter()
-    bar = None
+    window = {"start": time.perf_counter(), "tokens": 0.0}
+    bar, iterator, step_fn, multi_fn, phase = None, None, None, None, None
     step = start_step
     while step < trainer.total_steps:
-        epoch, in_epoch = divmod(step, trainer.steps_per_epoch)
+        if (trainer.rl_data is not None and step < trainer.xe_steps
+                and int(trainer.state["bad_epochs"].numpy()) >= tc.patience):
+            step = trainer.xe_steps  # cross-entropy stopped early: on to SCST
+            step_var.assign(step)
+        now, first, per_epoch = trainer.phase(step)
+        if now != phase:
+            phase = now
+            if phase == "rl":
+                _start_scst(trainer, step)
+            data = trainer.rl_data if phase == "rl" else trainer.data
+            epochs = tc.rl_epochs if phase == "rl" else tc.epochs
+            iterator = iter(distribute.distribute(
+                strategy, lambda: data.dataset(step - first, epochs)))
+            step_fn = make_step(trainer, rl=phase == "rl")
+            multi_fn = make_multi_step(trainer) \
+                if tc.steps_per_execution > 1 and phase == "xe" else None
+            bar = None
+        epoch, in_epoch = divmod(step - first, per_epoch)
         if in_epoch == 0 or bar is None:
-            bar = keras.utils.Progbar(trainer.steps_per_epoch, verbose=1 if progress else 0,
-                                      stateful_metrics=["loss", "tokens/s", "lr"])
+            bar = keras.utils.Progbar(per_epoch, verbose=1 if progress else 0,
+                                      stateful_metrics=["loss", "tokens/s", "lr", "reward",
+                                                        "baseline", "entropy"])
             if progress:
-                print(f"epoch {epoch + 1}/{tc.epochs}")
+                what = "SCST epoch" if phase == "rl" else "epoch"
+                print(f"{what} {epoch + 1}/{tc.rl_epochs if phase == 'rl' else tc.epochs}")
         n = _next_call(step, trainer)
-        if n == tc.steps_per_execution > 1:
+        if n == tc.steps_per_execution > 1 and multi_fn is not None:
             loss, stats, norm = multi_fn(iterator, n)
         else:  # single steps up to the next boundary: no trace for each other n
             n = 1
-            loss, stats, norm = step_fn(*next(iterator))
+            args = next(iterator)
+            if phase == "rl":  # the draw is a function of (seed, step): resumable
+                args = (*args, tf.constant([tc.seed, step], tf.int64))
+            loss, stats, norm = step_fn(*args)
         loss = float(loss)  # the one host round trip per call
         if not math.isfinite(loss):
             raise NonFiniteLoss(
@@ -348,29 +425,20 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
                 "train.learning_rate or train.clip_norm, or check the features for NaNs")
         step += n
         step_var.assign(step)
-        tokens_seen += float(stats["tokens"])
-        per_token = float(stats["xent"]) / max(float(stats["tokens"]), 1.0)
-        rate = tokens_seen / (time.perf_counter() - window_start)
-        lr = float(trainer.optimizer.learning_rate)
-        bar.update(in_epoch + n, [("loss", per_token), ("tokens/s", rate), ("lr", lr)])
+        shown = _progress(trainer, phase, stats, window)
+        bar.update(in_epoch + n, list(shown.items()))
         if step % tc.log_every == 0:
-            with writer.as_default(step=step):
-                tf.summary.scalar("loss/cross_entropy_per_token", per_token)
-                tf.summary.scalar("loss/regulariser", float(stats["regulariser"]) /
-                                  max(float(stats["captions"]), 1.0))
-                tf.summary.scalar("loss/total", loss / n)
-                tf.summary.scalar("learning_rate", lr)
-                tf.summary.scalar("gradient_norm", float(norm))
-                tf.summary.scalar("tokens_per_second", rate)
-            tokens_seen, window_start = 0.0, time.perf_counter()
+            _log_scalars(writer, step, phase, shown, stats, loss / n, float(norm))
+            window.update(start=time.perf_counter(), tokens=0.0)
         # Decided once for all workers: one worker's clock must not leave the
         # others waiting in an all-reduce.
         out_of_time = bool(tc.max_minutes) and distribute.agree(
             strategy, time.perf_counter() - begun > tc.max_minutes * 60)
-        if step % trainer.steps_per_epoch == 0:
+        if (step - first) % per_epoch == 0:
             if _end_of_epoch(trainer, writer, step, progress):
-                stopped = "early stopping"
-                break
+                if trainer.rl_data is None or phase == "rl":
+                    stopped = "early stopping"
+                    break
         elif step % tc.checkpoint_every == 0 or out_of_time:
             trainer.latest.save(checkpoint_number=step)
         if out_of_time:
@@ -382,6 +450,50 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     if chief:
         io.write_json(io.join(tc.train_dir, FINISHED), summary)
     return summary
+
+
+def _start_scst(trainer: Trainer, step: int) -> None:
+    """The SCST phase starts from the best cross-entropy weights (once: a run
+    resumed inside the phase has its own weights in the latest checkpoint),
+    with its own early-stopping count."""
+    if step == trainer.xe_steps:
+        best = trainer.best.latest_checkpoint
+        if best:
+            tf.train.Checkpoint(decoder=trainer.decoder).restore(best).expect_partial()
+            log.info("SCST starts from the best cross-entropy checkpoint %s", best)
+        trainer.state["bad_epochs"].assign(0)
+
+
+def _progress(trainer: Trainer, phase: str, stats: dict, window: dict) -> dict:
+    """What the progress bar shows: per-token loss and tokens/s; in the SCST
+    phase the mean reward, baseline and per-token entropy of the samples."""
+    window["tokens"] += float(stats["tokens"])
+    rate = window["tokens"] / (time.perf_counter() - window["start"])
+    if phase == "rl":
+        samples = max(float(stats["samples"]), 1.0)
+        return {"reward": float(stats["reward"]) / samples,
+                "baseline": float(stats["baseline"]) / samples,
+                "entropy": float(stats["entropy"]) / max(float(stats["tokens"]), 1.0),
+                "tokens/s": rate, "lr": trainer.config.train.rl_learning_rate}
+    return {"loss": float(stats["xent"]) / max(float(stats["tokens"]), 1.0),
+            "tokens/s": rate, "lr": float(trainer.optimizer.learning_rate)}
+
+
+def _log_scalars(writer, step: int, phase: str, shown: dict, stats: dict, loss: float,
+                 norm: float) -> None:
+    with writer.as_default(step=step):
+        if phase == "rl":
+            for key in ("reward", "baseline", "entropy"):
+                tf.summary.scalar(f"scst/{key}", shown[key])
+            tf.summary.scalar("scst/loss", loss)
+        else:
+            tf.summary.scalar("loss/cross_entropy_per_token", shown["loss"])
+            tf.summary.scalar("loss/regulariser", float(stats["regulariser"]) /
+                              max(float(stats["captions"]), 1.0))
+            tf.summary.scalar("loss/total", loss)
+        tf.summary.scalar("learning_rate", shown["lr"])
+        tf.summary.scalar("gradient_norm", norm)
+        tf.summary.scalar("tokens_per_second", shown["tokens/s"])
 
 
 def time_limit_message(step: int, total: int, minutes: float) -> str:
@@ -408,13 +520,15 @@ def _read_finished(train_dir: str) -> dict | None:
 def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
     """Validates, keeps the best checkpoint; True when early stopping says stop."""
     scores = validate(trainer)
-    epoch = step // trainer.steps_per_epoch
+    phase, first, per_epoch = trainer.phase(step - 1)
+    epoch = (step - first) // per_epoch
+    what = "SCST epoch" if phase == "rl" else "epoch"
     with writer.as_default(step=step):
         tf.summary.scalar("val/CIDEr-D", scores["CIDEr-D"])
         tf.summary.scalar("val/BLEU-4", scores["BLEU-4"])
         tf.summary.text("val/samples", "\n\n".join(f"{i}: {c}" for i, c in scores["samples"]))
     if progress:
-        print(f"  validation after epoch {epoch}: CIDEr-D {scores['CIDEr-D']:.3f} "
+        print(f"  validation after {what} {epoch}: CIDEr-D {scores['CIDEr-D']:.3f} "
               f"BLEU-4 {scores['BLEU-4']:.3f}  e.g. {scores['samples'][0][1]!r}")
     state = trainer.state
     if scores["CIDEr-D"] > float(state["best_metric"].numpy()):
@@ -423,8 +537,9 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
         trainer.best.save(checkpoint_number=step)
         if distribute.is_chief(trainer.strategy):  # workers share train_dir: one writer
             io.write_json(io.join(trainer.config.train.train_dir, "best.json"),
-                          {"step": step, "epoch": epoch, **{k: v for k, v in scores.items()
-                                                            if k != "samples"}})
+                          {"step": step, "epoch": epoch,
+                           "phase": "scst" if phase == "rl" else "cross-entropy",
+                           **{k: v for k, v in scores.items() if k != "samples"}})
     else:
         state["bad_epochs"].assign_add(1)
     # After validation, so the counters above are in the checkpoint too.
@@ -437,6 +552,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
 def _summary(trainer: Trainer, stopped: str) -> dict:
     return {"stopped": stopped, "step": int(trainer.state["step"].numpy()),
             "total_steps": trainer.total_steps, "steps_per_epoch": trainer.steps_per_epoch,
+            "scst_steps": trainer.total_steps - trainer.xe_steps,
             "max_minutes": trainer.config.train.max_minutes,
             "step_traces": round(trainer.traces),
             "best_CIDEr-D": float(trainer.state["best_metric"].numpy()),

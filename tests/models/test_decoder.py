@@ -58,6 +58,38 @@ def test_step_matches_teacher_forcing_and_has_static_contract(variant):
     assert logits.dtype == tf.float32 and logits.shape == (4, tokens.shape[1] - 1, VOCAB)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_teacher_forcing_has_the_gradients_of_a_loop_over_step(variant):
+    """teacher_forced takes the values' gradient out of its loop (_context_taps):
+    every weight's gradient must still be the one of T-1 calls of `step`,
+    eager and under XLA."""
+    decoder = tiny_decoder(**VARIANTS[variant])
+    features, tokens = batch()
+    weights = tf.random.normal([4, tokens.shape[1] - 1, VOCAB], seed=1)
+
+    def looped():
+        with tf.GradientTape() as tape:
+            values, keys, state = decoder.encode(features)
+            total = 0.0
+            for t in range(tokens.shape[1] - 1):
+                logits, state, alpha = decoder.step(tokens[:, t], state, values, keys)
+                total += tf.reduce_sum(logits * weights[:, t]) + tf.reduce_sum(alpha ** 2)
+        return tape.gradient(total, decoder.trainable_variables)
+
+    def forced():
+        with tf.GradientTape() as tape:
+            logits, alphas = decoder.teacher_forced(features, tokens)
+            total = tf.reduce_sum(logits * weights) + tf.reduce_sum(alphas ** 2)
+        return tape.gradient(total, decoder.trainable_variables)
+
+    expected = looped()
+    for grads in (forced(), tf.function(forced, jit_compile=True)()):
+        for var, a, b in zip(decoder.trainable_variables, expected, grads):
+            np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(),
+                                       tf.convert_to_tensor(a).numpy(), rtol=1e-4, atol=1e-6,
+                                       err_msg=var.path)
+
+
 def test_mask_counts_up_to_and_including_end():
     targets = tf.constant([[5, 6, 2, 0, 0], [5, 2, 7, 7, 2]])
     assert target_mask(targets).numpy().tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]

@@ -1,0 +1,197 @@
+"""Self-critical sequence training: the phase after cross-entropy (tfcaption/scst.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcaption import checkpoints, scst, training
+from tfcaption.data import features
+from tfcaption.tokens import END_ID, START_ID
+from tests.devices import two_cpus
+from tests.test_training import tiny_run
+
+RL = {"epochs": 2, "rl_epochs": 2, "rl_samples": 3, "rl_learning_rate": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scst")
+    config = tiny_run(root)
+    for split in ("train", "val"):
+        features.extract(config, split)
+    return root
+
+
+def fresh(cached, name, **train):
+    config = tiny_run(cached, **{**RL, **train})
+    config.train.train_dir = str(cached / name)
+    return config
+
+
+def decoder_weights(train_dir) -> dict:
+    reader = tf.train.load_checkpoint(str(train_dir))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith("decoder/") and "OPTIMIZER_SLOT" not in k}
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_checkpoint(monkeypatch, steps):
+    """The run dies right after the `latest` checkpoint of one of `steps` is on
+    disk, like a SIGKILL there (the next run builds everything anew)."""
+    save = tf.train.CheckpointManager.save
+
+    def dying(self, checkpoint_number=None, **kwargs):
+        path = save(self, checkpoint_number=checkpoint_number, **kwargs)
+        if checkpoint_number in steps and self.directory.endswith("latest"):
+            steps.remove(checkpoint_number)
+            raise Killed(checkpoint_number)
+        return path
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", dying)
+
+
+def test_scst_follows_cross_entropy_and_resumes_exactly(cached, monkeypatch):
+    """Both phases in one run: SCST starts from the best cross-entropy weights,
+    the best checkpoint is chosen across phases, and a run killed at the phase
+    change and inside SCST ends with the uninterrupted run's weights."""
+    reference = fresh(cached, "reference", deterministic=True)
+    summary = training.train(reference, progress=False)
+    xe_steps = summary["total_steps"] - summary["scst_steps"]
+    assert summary["scst_steps"] > 0 and summary["step"] == summary["total_steps"]
+    best = json.loads((cached / "reference" / "best.json").read_text())
+    assert best["phase"] in ("scst", "cross-entropy")
+    assert best["CIDEr-D"] == pytest.approx(summary["best_CIDEr-D"], abs=1e-6)
+
+    killed = fresh(cached, "killed", deterministic=True)
+    inside = next(s for s in range(xe_steps + 1, summary["total_steps"]) if s % 3 == 0)
+    kill_after_checkpoint(monkeypatch, steps := [xe_steps, inside])
+    for _ in range(2):
+        with pytest.raises(Killed):
+            training.train(killed, progress=False)
+    assert not steps
+    again = training.train(killed, progress=False)
+    assert again["step"] == summary["step"]
+    a = decoder_weights(cached / "killed" / "latest")
+    b = decoder_weights(cached / "reference" / "latest")
+    assert a.keys() == b.keys()
+    assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-5
+
+
+def test_scst_starts_from_the_best_cross_entropy_weights(cached, monkeypatch):
+    config = fresh(cached, "start", rl_epochs=1)
+    seen = {}
+    original = training._start_scst
+
+    def spy(trainer, step):
+        original(trainer, step)
+        seen["weights"] = [v.numpy() for v in trainer.decoder.trainable_variables]
+        seen["best"] = trainer.best.latest_checkpoint
+
+    # Validation says the first epoch was the best: the weights SCST starts
+    # from are then not the last cross-entropy weights.
+    scores = iter([0.9, 0.5, 0.1, 0.1])
+    monkeypatch.setattr(training, "validate", lambda trainer: {
+        "CIDEr-D": next(scores), "BLEU-4": 0.0, "samples": [("id", "a caption")]})
+    monkeypatch.setattr(training, "_start_scst", spy)
+    training.train(config, progress=False)
+    assert seen["best"].endswith("-8")  # the first epoch's end
+    best, _, _, _ = checkpoints.restore_decoder(config, seen["best"])
+    assert len(best.trainable_variables) == len(seen["weights"])
+    for v, w in zip(best.trainable_variables, seen["weights"]):
+        np.testing.assert_array_equal(w, v.numpy(), err_msg=v.path)
+
+
+def test_policy_gradient_raises_rewarded_captions_and_lowers_the_others(cached):
+    """One plain gradient step on policy_loss: a caption with positive advantage
+    becomes likelier, one with negative advantage less likely, and padding
+    rows (real = 0) do not count."""
+    config = fresh(cached, "policy")
+    trainer = training.make_trainer(config)
+    decoder = trainer.decoder
+    feats = tf.random.normal([1, *trainer.data.grid]) * 1e-3
+    tokens = tf.constant([[START_ID, 5, 6, END_ID, 0], [START_ID, 7, 8, 9, END_ID],
+                          [START_ID, 5, 9, END_ID, 0]], tf.int32)
+
+    for advantage, real, direction in (([1.0, -1.0, 0.0], [1.0, 1.0, 1.0], (1, -1)),
+                                       ([1.0, 5.0, 0.0], [1.0, 0.0, 1.0], (1, 0))):
+        before = per_caption_logp(decoder, feats, tokens)
+        with tf.GradientTape() as tape:
+            loss, stats = scst.policy_loss(decoder, feats, tokens, tf.constant(advantage),
+                                           tf.constant(real), 3)
+        grads = tape.gradient(loss, decoder.trainable_variables)
+        backup = [v.numpy() for v in decoder.trainable_variables]
+        for v, g in zip(decoder.trainable_variables, grads):
+            v.assign_sub(0.5 * tf.convert_to_tensor(g))
+        change = per_caption_logp(decoder, feats, tokens) - before
+        for v, b in zip(decoder.trainable_variables, backup):
+            v.assign(b)
+        if direction[1] == 0:  # a padding row's huge advantage must change nothing
+            grads_without = _grads(decoder, feats, tokens[:1], [1.0], [1.0])
+            for g, h in zip(grads, grads_without):
+                np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(),
+                                           tf.convert_to_tensor(h).numpy() / 3, atol=1e-6)
+        else:
+            assert change[0] > 0 > change[1]
+        assert float(stats["tokens"]) == sum(r * n for r, n in zip(real, (3, 4, 3)))
+
+
+def _grads(decoder, feats, tokens, advantage, real):
+    with tf.GradientTape() as tape:
+        loss, _ = scst.policy_loss(decoder, feats, tokens, tf.constant(advantage),
+                                   tf.constant(real), 1)
+    return tape.gradient(loss, decoder.trainable_variables)
+
+
+def per_caption_logp(decoder, feats, tokens) -> np.ndarray:
+    logits, _ = decoder.teacher_forced(feats, tokens)
+    logp = tf.gather(tf.nn.log_softmax(logits), tokens[:, 1:], batch_dims=2)
+    mask = tf.cast(tf.cumsum(tf.cast(tokens[:, 1:] == END_ID, tf.int32), axis=1,
+                             exclusive=True) == 0, tf.float32)
+    return tf.reduce_sum(logp * mask, 1).numpy()
+
+
+def test_baselines_mean_of_the_others_and_greedy(cached):
+    """The "mean" baseline of a sample is the mean reward of its image's other
+    samples; "greedy" is the reward of the image's greedy caption."""
+    config = fresh(cached, "baselines", rl_samples=4)
+    trainer = training.make_trainer(config)
+    data = iter(trainer.rl_data.dataset(0, 1))
+    feats, refs = next(data)
+    seed = tf.constant([0, 7], tf.int64)
+    rewards = []
+
+    def recording(c, r):
+        out = trainer.reward(c, r)
+        rewards.append(out)
+        return out
+
+    _, advantage, real, _ = scst.sample_and_reward(trainer.decoder, feats, refs, recording,
+                                                   config, seed)
+    reward = tf.reshape(rewards[0], [-1, 4]).numpy()
+    others = (reward.sum(1, keepdims=True) - reward) / 3
+    np.testing.assert_allclose(advantage.numpy(), (reward - others).ravel(), atol=1e-6)
+    config.train.rl_baseline = "greedy"
+    rewards.clear()
+    _, advantage, _, _ = scst.sample_and_reward(trainer.decoder, feats, refs, recording,
+                                                config, seed)
+    greedy = rewards[1].numpy()
+    np.testing.assert_allclose(advantage.numpy(),
+                               (rewards[0].numpy().reshape(-1, 4) - greedy[:, None]).ravel(),
+                               atol=1e-6)
+
+
+def test_scst_runs_on_two_replicas_and_refuses_what_cannot_work(cached):
+    config = fresh(cached, "two", epochs=1, rl_epochs=1)
+    config.pipeline.batch_size = 6  # 2 images of 3 samples: one per replica
+    summary = training.train(config, strategy=two_cpus(), progress=False)
+    assert summary["step"] == summary["total_steps"] and summary["scst_steps"] > 0
+    for bad, match in (({"rl_baseline": "max"}, "rl_baseline"),
+                       ({"rl_reward": "meteor"}, "rl_reward"),
+                       ({"rl_samples": 1}, "rl_samples")):
+        with pytest.raises(ValueError, match=match):
+            training.make_trainer(fresh(cached, "bad", **bad))
