@@ -32,6 +32,10 @@ reference in one process (round 1, round 2, ...), best round kept:
                    captions padded to 50 tokens, a Python loop over them, the
                    attention keys recomputed at every position; the ratio of
                    tfcaption's captions/s to its own is printed last
+    scst           the SCST phase's step (tfcaption/scst.py) on images with their
+                   5 references: 5 captions sampled per image, rewarded with the
+                   in-graph CIDEr-D, one policy-gradient update; printed in a
+                   table of its own with cross-entropy's steps/s and images/s
 
 It runs unchanged on a GPU host (tf.distribute's default strategy places the
 step on the first GPU); the matmul reference is then the GPU's.
@@ -323,6 +327,22 @@ def main() -> int:
             "padded": len(tutorial) * batch_size * (TUTORIAL_TOKENS - 1), "shapes": 1,
             "times": [], "calls": 1}
         log(f"tutorial-style: traced in {warm:.1f} s")
+        # The SCST phase's step (scst.py): images with their 5 references, 5
+        # captions sampled per image, rewarded, and the policy-gradient update.
+        rl_config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, rl_epochs=1, train_dir=os.path.join(tmp, "train-rl")))
+        rl_trainer = training.make_trainer(rl_config)
+        rl_step = training.make_step(rl_trainer, rl=True)
+        seed = tf.constant([0, 0], tf.int64)
+        scst_batches = list(rl_trainer.rl_data.dataset(0, 1000).take(args.fixed_steps))
+        scst_step = lambda f, t: rl_step(f, t, seed)  # noqa: E731
+        warm = run_steps(scst_step, scst_batches[:1])
+        samples = rl_config.train.rl_samples
+        runs["scst"] = {"step": scst_step, "batches": scst_batches, "images": None,
+                        "warm": warm, "real": 0.0, "padded": 1.0, "shapes": 1, "times": [],
+                        "calls": 1, "scst": True,
+                        "sampled": sum(int(f.shape[0]) for f, _ in scst_batches) * samples}
+        log(f"scst: traced in {warm:.1f} s")
         references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
                       "matmul 1024^3 XLA": matmul_loop(1024, 8, jit=True)}
         for fn, x, _ in references.values():
@@ -354,6 +374,7 @@ def main() -> int:
           f"{per_token / 1e6:.1f} M per real token; "
           f"{sample['real'] / (len(sample['batches']) * batch_size):.1f} real tokens "
           "(words + <end>) per caption in the bucketed batches\n")
+    scst = runs.pop("scst")  # its own table below
     # Captions per second of each run (masked rows, which fill a batch, excluded).
     captions = {label: sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32)))
                            for _, t in r["batches"]) / min(r["times"])
@@ -373,6 +394,16 @@ def main() -> int:
     for label, rate in rates.items():
         print(f"{label:<18}{'':>6}{'':>9}{'':>12}{'':>12}{'':>13}{rate:>16.1f}"
               f"{rate / peak:>11.3f}")
+    pairs, t_scst = runs["bucketed"], min(scst["times"])
+    t_pairs = min(pairs["times"])
+    print(f"\nSCST against cross-entropy (bucketed pairs), same model and process:\n"
+          f"{'phase':<18}{'steps/s':>9}{'images/s':>10}{'captions/s':>12}")
+    print(f"{'cross-entropy':<18}{len(pairs['batches']) / t_pairs:>9.3f}"
+          f"{pairs['images'] / t_pairs:>10.1f}{captions['bucketed']:>12.1f}   (trained on)")
+    scst_images = scst["sampled"] / rl_config.train.rl_samples
+    print(f"{'scst':<18}{len(scst['batches']) / t_scst:>9.3f}{scst_images / t_scst:>10.1f}"
+          f"{scst['sampled'] / t_scst:>12.1f}   (sampled, {rl_config.train.rl_samples} per "
+          "image, rewarded and trained on)")
     rate = {label: r["real"] / min(r["times"]) for label, r in runs.items()}
     print("\nreal tokens/s relative to bucketed: " + ", ".join(
         f"{label} {r / rate['bucketed']:.2f}" for label, r in rate.items() if label != "bucketed"))

@@ -16,7 +16,7 @@ def test_training_bench_quick_prints_its_table():
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ("own longest", "bucketed bf16", "grouped x5", "fixed-32 + XLA",
-                "fixed-32 4/call", "matmul 1024^3"):
+                "fixed-32 4/call", "matmul 1024^3", "tutorial-style", "scst"):
         assert row in out.stdout
 
 

@@ -195,3 +195,23 @@ def test_scst_runs_on_two_replicas_and_refuses_what_cannot_work(cached):
                        ({"rl_samples": 1}, "rl_samples")):
         with pytest.raises(ValueError, match=match):
             training.make_trainer(fresh(cached, "bad", **bad))
+
+
+def test_end_is_a_word_of_the_reward_unless_turned_off(cached):
+    """With train.rl_end_word, <end> is one more word (id vocab_size) in the
+    training df and in the rewarded captions: every training image's
+    references end, so its unigram df is the number of images."""
+    from tfcaption import rewards
+    config = fresh(cached, "end-word")
+    trainer = training.make_trainer(config)
+    df = scst.document_frequencies(config, trainer.tokenizer)
+    word = trainer.tokenizer.vocab_size
+    assert df.vocab_size == word + 1
+    key = rewards._ngram_keys_np([word], 1, df.vocab_size)[0]
+    assert df.counts[np.searchsorted(df.keys, key)] == df.num_images == 12
+    tokens = tf.constant([[START_ID, 5, END_ID, 0]])
+    assert scst.as_reward_words(tokens, word).numpy().tolist() == [[START_ID, 5, word, 0]]
+    config.train.rl_end_word = False
+    plain = scst.document_frequencies(config, trainer.tokenizer)
+    assert plain.vocab_size == word and len(plain.keys) < len(df.keys)
+    assert scst.as_reward_words(tokens, None) is tokens

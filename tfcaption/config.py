@@ -150,6 +150,10 @@ class TrainConfig:
     rl_learning_rate: float = 5e-5  # constant; ~10x below cross-entropy's
     rl_images: int = 0
     rl_references: int = 5  # references per image the reward compares against
+    # <end> counts as a word in the reward's n-grams (captions and references):
+    # a caption cut off mid-phrase ("a dog runs with a") then misses the
+    # "... a <end>" n-grams a whole one earns, which plain CIDEr-D does not see.
+    rl_end_word: bool = True
     # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism):
     # a fresh run reproduces its scores exactly; costs a little speed on GPUs.
     deterministic: bool = False

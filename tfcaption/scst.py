@@ -33,7 +33,7 @@ from tfcaption import decoding, io, rewards
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline
 from tfcaption.models.captioner import target_mask
-from tfcaption.tokens import PAD_ID, START_ID
+from tfcaption.tokens import END_ID, PAD_ID, START_ID
 
 log = logging.getLogger("tfcaption.scst")
 
@@ -72,20 +72,36 @@ def training_data(config: RunConfig, tokenizer) -> pipeline.TrainingData:
     return pipeline.TrainingData(config.features.cache_dir, tokenizer, pc)
 
 
+def end_word(config: RunConfig, vocab_size: int) -> int | None:
+    """The id <end> takes as a word in the reward (train.rl_end_word): one past
+    the vocabulary, so no word has it; None when <end> is not a word."""
+    return vocab_size if config.train.rl_end_word else None
+
+
+def as_reward_words(tokens, word: int | None):
+    """tokens (..., T) -> the same with <end> as the word `word` (None: unchanged).
+    Everything after a caption's <end> is <pad> already (sampling and the
+    pipeline both write it), so the caption still ends there."""
+    return tokens if word is None else tf.where(tokens == END_ID, word, tokens)
+
+
 def document_frequencies(config: RunConfig, tokenizer) -> rewards.DocumentFrequencies:
     """The training split's n-gram document frequencies, which CIDEr-D's idf
     needs: counted once over the cached references and stored beside the cache
-    (keyed by the vocabulary: ids index it), not re-counted per step or run."""
+    (keyed by the vocabulary, as ids index it), not re-counted per step or run."""
     cache = config.features.cache_dir
     vocab_digest = io.digest_files([pipeline.vocabulary_path(
         pipeline.load_manifest(cache, "train"))])
-    path = io.join(cache, f"{vocab_digest[:16]}-{DF_FILE}")
+    word = end_word(config, tokenizer.vocab_size)
+    variant = "" if word is None else "end-"
+    path = io.join(cache, f"{vocab_digest[:16]}-{variant}{DF_FILE}")
     if io.exists(path):
         return rewards.DocumentFrequencies.load(path)
     refs = pipeline.references(cache, "train")
-    ids = [[row for row in tokenizer.tokenize(tf.constant(caps)).to_list()]
+    ids = [tf.ragged.map_flat_values(as_reward_words, tokenizer.tokenize(tf.constant(caps)),
+                                     word).to_list()
            for caps in refs.values() if caps]
-    df = rewards.document_frequencies(ids, tokenizer.vocab_size)
+    df = rewards.document_frequencies(ids, tokenizer.vocab_size + (word is not None))
     df.save(path)
     log.info("document frequencies of %d training images written to %s", len(ids), path)
     return df
@@ -110,12 +126,16 @@ def sample_and_reward(decoder, features, references, reward_fn, config: RunConfi
     sampled = decoding.sample(decoder, features, k, max_len, temperature=1.0, seed=seed,
                               no_repeat_ngram=0)[0]
     sampled = tf.reshape(sampled, [images * k, max_len])
-    reward = tf.reshape(reward_fn(sampled, tf.repeat(refs, k, axis=0)), [images, k])
+    word = end_word(config, decoder.vocab_size)
+    refs_words = as_reward_words(refs, word)
+    reward = tf.reshape(reward_fn(as_reward_words(sampled, word),
+                                  tf.repeat(refs_words, k, axis=0)), [images, k])
     if tc.rl_baseline == "mean":
         baseline = (tf.reduce_sum(reward, 1, keepdims=True) - reward) / (k - 1)
     else:
         greedy = decoding.greedy(decoder, features, max_len)[0]
-        baseline = tf.tile(reward_fn(greedy, refs)[:, None], [1, k])
+        baseline = tf.tile(reward_fn(as_reward_words(greedy, word), refs_words)[:, None],
+                           [1, k])
     advantage = tf.reshape(reward - baseline, [-1])
     tokens = tf.concat([tf.fill([images * k, 1], START_ID), sampled], axis=1)
     stats = {"reward": tf.reduce_sum(reward * real[:, None]),
