@@ -55,17 +55,39 @@ def kill_after_checkpoint(monkeypatch, steps):
     monkeypatch.setattr(tf.train.CheckpointManager, "save", dying)
 
 
-def test_scst_follows_cross_entropy_and_resumes_exactly(cached, monkeypatch):
-    """Both phases in one run: SCST starts from the best cross-entropy weights,
-    the best checkpoint is chosen across phases, and a run killed at the phase
-    change and inside SCST ends with the uninterrupted run's weights."""
+def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached, monkeypatch):
+    """Both phases in one run. Validation (faked, by step) calls the first
+    cross-entropy epoch the best and the last SCST epoch better still: SCST
+    must start from the first epoch's weights, not the last ones, and the best
+    checkpoint is chosen across phases. A run killed at the phase change and
+    inside SCST ends with the uninterrupted run's weights."""
+    scores = {8: 0.9, 16: 0.5, 28: 0.3, 40: 1.2}
+    monkeypatch.setattr(training, "validate", lambda trainer: {
+        "CIDEr-D": scores[int(trainer.state["step"].numpy())], "BLEU-4": 0.0,
+        "samples": [("id", "a caption")]})
+    seen = []
+    original = training._start_scst
+
+    def spy(trainer, step):
+        original(trainer, step)
+        best = trainer.best.latest_checkpoint  # kept one at a time: read it now
+        stored = checkpoints.restore_decoder(trainer.config, best)[0].trainable_variables
+        seen.append((best, [v.numpy() for v in trainer.decoder.trainable_variables],
+                     [v.numpy() for v in stored]))
+
+    monkeypatch.setattr(training, "_start_scst", spy)
     reference = fresh(cached, "reference", deterministic=True)
     summary = training.train(reference, progress=False)
     xe_steps = summary["total_steps"] - summary["scst_steps"]
-    assert summary["scst_steps"] > 0 and summary["step"] == summary["total_steps"]
-    best = json.loads((cached / "reference" / "best.json").read_text())
-    assert best["phase"] in ("scst", "cross-entropy")
-    assert best["CIDEr-D"] == pytest.approx(summary["best_CIDEr-D"], abs=1e-6)
+    assert (xe_steps, summary["step"], summary["total_steps"]) == (16, 40, 40)
+    best_then, weights, stored = seen[0]
+    assert best_then.endswith("-8")  # the first epoch's end, not the last (16)
+    assert len(weights) == len(stored)
+    for w, v in zip(weights, stored):
+        np.testing.assert_array_equal(w, v)
+    chosen = json.loads((cached / "reference" / "best.json").read_text())
+    assert (chosen["phase"], chosen["step"]) == ("scst", 40)
+    assert summary["best_CIDEr-D"] == pytest.approx(1.2)
 
     killed = fresh(cached, "killed", deterministic=True)
     inside = next(s for s in range(xe_steps + 1, summary["total_steps"]) if s % 3 == 0)
@@ -80,30 +102,6 @@ def test_scst_follows_cross_entropy_and_resumes_exactly(cached, monkeypatch):
     b = decoder_weights(cached / "reference" / "latest")
     assert a.keys() == b.keys()
     assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-5
-
-
-def test_scst_starts_from_the_best_cross_entropy_weights(cached, monkeypatch):
-    config = fresh(cached, "start", rl_epochs=1)
-    seen = {}
-    original = training._start_scst
-
-    def spy(trainer, step):
-        original(trainer, step)
-        seen["weights"] = [v.numpy() for v in trainer.decoder.trainable_variables]
-        seen["best"] = trainer.best.latest_checkpoint
-
-    # Validation says the first epoch was the best: the weights SCST starts
-    # from are then not the last cross-entropy weights.
-    scores = iter([0.9, 0.5, 0.1, 0.1])
-    monkeypatch.setattr(training, "validate", lambda trainer: {
-        "CIDEr-D": next(scores), "BLEU-4": 0.0, "samples": [("id", "a caption")]})
-    monkeypatch.setattr(training, "_start_scst", spy)
-    training.train(config, progress=False)
-    assert seen["best"].endswith("-8")  # the first epoch's end
-    best, _, _, _ = checkpoints.restore_decoder(config, seen["best"])
-    assert len(best.trainable_variables) == len(seen["weights"])
-    for v, w in zip(best.trainable_variables, seen["weights"]):
-        np.testing.assert_array_equal(w, v.numpy(), err_msg=v.path)
 
 
 def test_policy_gradient_raises_rewarded_captions_and_lowers_the_others(cached):
@@ -215,3 +213,14 @@ def test_end_is_a_word_of_the_reward_unless_turned_off(cached):
     plain = scst.document_frequencies(config, trainer.tokenizer)
     assert plain.vocab_size == word and len(plain.keys) < len(df.keys)
     assert scst.as_reward_words(tokens, None) is tokens
+
+
+def test_a_resumed_run_takes_the_configured_scst_learning_rate(cached):
+    """The rate is the config's, not the one a checkpoint was written with."""
+    config = fresh(cached, "rate", rl_learning_rate=1e-3)
+    trainer = training.make_trainer(config)
+    trainer.latest.save(checkpoint_number=1)
+    config.train.rl_learning_rate = 2e-4
+    again = training.make_trainer(config)
+    training.restore_latest(again, again.latest.latest_checkpoint)
+    assert float(again.rl_optimizer.learning_rate) == pytest.approx(2e-4)

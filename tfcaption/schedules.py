@@ -25,3 +25,18 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"peak": self.peak, "warmup": self.warmup, "total": self.total,
                 "floor": self.floor}
+
+
+class Constant(keras.optimizers.schedules.LearningRateSchedule):
+    """A constant rate, as a schedule: a plain float would become a variable of
+    the optimizer, saved in its checkpoints and restored over the configured
+    rate, so a run resumed with another rate would silently keep the old one."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def __call__(self, step):
+        return tf.constant(self.rate, tf.float32)
+
+    def get_config(self):
+        return {"rate": self.rate}

@@ -33,7 +33,7 @@ from tfcaption.data import pipeline, text
 from tfcaption.models.build import build_decoder
 from tfcaption.models.captioner import caption_loss
 from tfcaption.models.decoder import GRUDecoder
-from tfcaption.schedules import WarmupCosine
+from tfcaption.schedules import Constant, WarmupCosine
 
 log = logging.getLogger("tfcaption.train")
 
@@ -161,7 +161,7 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
         decoder = build_decoder(config, tokenizer.vocab_size, manifest["grid_shape"])
         optimizer = adam(WarmupCosine(tc.learning_rate, tc.warmup_steps, xe_total,
                                       tc.min_learning_rate_ratio))
-        rl_optimizer = adam(tc.rl_learning_rate) if rl_data else None
+        rl_optimizer = adam(Constant(tc.rl_learning_rate)) if rl_data else None
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
