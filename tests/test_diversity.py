@@ -60,7 +60,7 @@ def test_self_bleu_between_identical_and_disjoint():
 
 
 def test_summary_holds_every_measure():
-    out = dv.summary([W("a dog"), W("a cat")], training=[W("a dog")])
-    assert out == {"distinct_1": 3 / 4, "distinct_2": 1.0, "vocabulary": 3,
-                   "repeated_bigrams": 0.0, "captions": 2, "novel": 0.5}
+    out = dv.summary([W("a dog"), W("a big cat")], training=[W("a dog")])
+    assert out == {"distinct_1": 4 / 5, "distinct_2": 1.0, "vocabulary": 4,
+                   "repeated_bigrams": 0.0, "mean_length": 2.5, "captions": 2, "novel": 0.5}
     assert "novel" not in dv.summary([W("a dog")])

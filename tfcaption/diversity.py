@@ -5,6 +5,7 @@ scores see them; see `words`), so each one can be checked by hand:
 
     distinct_n        Li et al. (2016): distinct n-grams / all n-grams, over the set
     vocabulary        distinct words used
+    mean_length       words per caption (SCST is known to shorten or lengthen them)
     repeated_ngrams   share of captions that hold some n-gram twice ("a dog a dog")
     novel             share of captions not found verbatim among training captions
     self_bleu         Shetty et al. (2017) "mBLEU": each of an image's N captions
@@ -92,7 +93,9 @@ def summary(captions: Sequence[Caption], training: Iterable[Caption] | None = No
     """The set measures of one set of captions, as metrics.json stores them."""
     out = {"distinct_1": distinct_n(captions, 1), "distinct_2": distinct_n(captions, 2),
            "vocabulary": vocabulary(captions),
-           "repeated_bigrams": repeated_ngrams(captions, 2), "captions": len(captions)}
+           "repeated_bigrams": repeated_ngrams(captions, 2),
+           "mean_length": sum(map(len, captions)) / max(len(captions), 1),
+           "captions": len(captions)}
     if training is not None:
         out["novel"] = novel(captions, training)
     return out
