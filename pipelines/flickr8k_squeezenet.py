@@ -37,7 +37,7 @@ CONFIG = RunConfig(
     train=TrainConfig(train_dir="runs/flickr8k_squeezenet/train", epochs=8,
                       learning_rate=1e-3, warmup_steps=300, attention_lambda=1.0,
                       val_images=0, patience=3, checkpoint_every=200, deterministic=True,
-                      rl_epochs=6, rl_learning_rate=5e-5),
+                      rl_epochs=6, rl_learning_rate=1e-5),
     eval=EvalConfig(split="val", beam_size=3, out_dir="runs/flickr8k_squeezenet/eval",
                     report_dir="runs/flickr8k_squeezenet/report"),
 )

@@ -147,7 +147,10 @@ class TrainConfig:
     rl_samples: int = 5  # captions sampled per image
     rl_baseline: str = "mean"  # "mean" of the image's other samples, or "greedy"
     rl_reward: str = "cider"  # "cider" (CIDEr-D), "bleu4" or "cider+bleu4"
-    rl_learning_rate: float = 5e-5  # constant; ~10x below cross-entropy's
+    # Constant. 5e-5 (the usual SCST rate) collapsed the Flickr8k model's
+    # sampling entropy (1.0 -> 0.005 nats a word in 450 steps) and lowered
+    # validation CIDEr-D; 1e-5 raised it.
+    rl_learning_rate: float = 1e-5
     rl_images: int = 0
     rl_references: int = 5  # references per image the reward compares against
     # <end> counts as a word in the reward's n-grams (captions and references):
