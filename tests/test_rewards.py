@@ -104,7 +104,8 @@ def flickr_data(root):
         name = name.split("#")[0]
         if name in caps:
             caps[name].append(caption.lower().split())
-    vocab = {w: i + 4 for i, w in enumerate(sorted({w for c in caps.values() for s in c for w in s}))}
+    words = sorted({w for c in caps.values() for s in c for w in s})
+    vocab = {w: i + 4 for i, w in enumerate(words)}
     images = [[[START_ID] + [vocab[w] for w in s] + [END_ID] for s in caps[name]] for name in train]
     cands = [images[i if i % 5 < 2 else (i * 7 + 3) % 300][i % 5] for i in range(50)]
     cands = [c[:(len(c) * 3) // 5] if i % 5 == 1 else c for i, c in enumerate(cands)]
