@@ -7,21 +7,11 @@ import pytest
 import tensorflow as tf
 
 from tfcaption import checkpoints, scst, training
-from tfcaption.data import features
 from tfcaption.tokens import END_ID, START_ID
 from tests.devices import two_cpus
-from tests.test_training import tiny_run
+from tests.test_training import cached, tiny_run  # noqa: F401 (a fixture)
 
 RL = {"epochs": 2, "rl_epochs": 2, "rl_samples": 3, "rl_learning_rate": 3e-3}
-
-
-@pytest.fixture(scope="module")
-def cached(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scst")
-    config = tiny_run(root)
-    for split in ("train", "val"):
-        features.extract(config, split)
-    return root
 
 
 def fresh(cached, name, **train):
@@ -224,3 +214,27 @@ def test_a_resumed_run_takes_the_configured_scst_learning_rate(cached):
     again = training.make_trainer(config)
     training.restore_latest(again, again.latest.latest_checkpoint)
     assert float(again.rl_optimizer.learning_rate) == pytest.approx(2e-4)
+
+
+def test_cross_entropy_stopped_early_goes_on_to_scst(cached, monkeypatch):
+    """Early stopping ends the cross-entropy phase, not the run: SCST starts
+    at its first step from the best weights, and trains all its steps."""
+    scores = [0.9, 0.5, 0.4, 0.3, 0.2]  # epoch 1 best; patience 1 stops after epoch 2
+    validated = []
+
+    def validate(trainer):
+        validated.append(int(trainer.state["step"].numpy()))
+        return {"CIDEr-D": scores[len(validated) - 1], "BLEU-4": 0.0,
+                "samples": [("id", "a caption")]}
+
+    monkeypatch.setattr(training, "validate", validate)
+    starts = []
+    original = training._start_scst
+    monkeypatch.setattr(training, "_start_scst",
+                        lambda trainer, step: (starts.append(step), original(trainer, step)))
+    config = fresh(cached, "stopped", epochs=4, rl_epochs=1, patience=1)
+    summary = training.train(config, progress=False)
+    xe_steps = summary["total_steps"] - summary["scst_steps"]
+    assert xe_steps == 32 and starts == [32]
+    assert summary["step"] == summary["total_steps"] == 32 + 12
+    assert validated == [8, 16, 44]  # no cross-entropy epoch 3 or 4

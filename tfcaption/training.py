@@ -165,9 +165,7 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
-    extra = {"rl_optimizer": rl_optimizer} if rl_optimizer else {}
-    checkpoint = tf.train.Checkpoint(decoder=decoder, optimizer=optimizer,
-                                     rng=rng_state(decoder), **state, **extra)
+    checkpoint = _checkpoint(decoder, optimizer, state, rl_optimizer)
     latest_dir, best_dir = checkpoint_dirs(tc.train_dir, strategy)
     latest = tf.train.CheckpointManager(checkpoint, latest_dir, max_to_keep=tc.keep_checkpoints)
     best = tf.train.CheckpointManager(checkpoint, best_dir, max_to_keep=1)
@@ -178,6 +176,13 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
                    reward=reward, xe_steps=xe_total)
 
 
+def _checkpoint(decoder, optimizer, state: dict, rl_optimizer=None) -> tf.train.Checkpoint:
+    """What a run's checkpoints hold (the SCST optimizer only when it exists)."""
+    extra = {"rl_optimizer": rl_optimizer} if rl_optimizer else {}
+    return tf.train.Checkpoint(decoder=decoder, optimizer=optimizer, rng=rng_state(decoder),
+                               **state, **extra)
+
+
 def restore_latest(trainer: Trainer, path: str) -> None:
     """Restores a run's latest checkpoint. One written before SCST was asked
     for (train.rl_epochs raised after cross-entropy finished) has no SCST
@@ -185,8 +190,7 @@ def restore_latest(trainer: Trainer, path: str) -> None:
     checkpoint = trainer.checkpoint
     if trainer.rl_optimizer is not None and not any(
             k.startswith("rl_optimizer/") for k in weight_names(path)):
-        checkpoint = tf.train.Checkpoint(decoder=trainer.decoder, optimizer=trainer.optimizer,
-                                         rng=rng_state(trainer.decoder), **trainer.state)
+        checkpoint = _checkpoint(trainer.decoder, trainer.optimizer, trainer.state)
     restore_checked(checkpoint, path)
 
 
@@ -382,10 +386,11 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     window = {"start": time.perf_counter(), "tokens": 0.0}
     bar, iterator, step_fn, multi_fn, phase = None, None, None, None, None
     step = start_step
+    # Cross-entropy stopped early (now, or before a resume): SCST follows at once.
+    xe_stopped = int(trainer.state["bad_epochs"].numpy()) >= tc.patience
     while step < trainer.total_steps:
-        if (trainer.rl_data is not None and step < trainer.xe_steps
-                and int(trainer.state["bad_epochs"].numpy()) >= tc.patience):
-            step = trainer.xe_steps  # cross-entropy stopped early: on to SCST
+        if trainer.rl_data is not None and step < trainer.xe_steps and xe_stopped:
+            step = trainer.xe_steps
             step_var.assign(step)
         now, first, per_epoch = trainer.phase(step)
         if now != phase:
@@ -439,6 +444,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
                 if trainer.rl_data is None or phase == "rl":
                     stopped = "early stopping"
                     break
+                xe_stopped = True
         elif step % tc.checkpoint_every == 0 or out_of_time:
             trainer.latest.save(checkpoint_number=step)
         if out_of_time:
