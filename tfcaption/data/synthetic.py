@@ -49,14 +49,11 @@ def generate(root: str, seed: int = 0, counts=(3000, 300, 300), image_size: int 
     # thread per core (numpy's generators and ufuncs and PIL's resize and PNG
     # encoder release the GIL) and written here in order: the same files for
     # any number of threads.
-    workers = min(os.cpu_count() or 1, 8)
-    pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
+    with concurrent.futures.ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
         for split_index, split in enumerate(SPLITS):
             jobs = [(seed, split_index, i, image_size) for i in range(settings["counts"][split])]
-            drawn = pool.map(render_png, jobs) if pool else map(render_png, jobs)
             rows = []
-            for i, (png, captions, boxes) in enumerate(drawn):
+            for i, (png, captions, boxes) in enumerate(pool.map(render_png, jobs)):
                 image_id = f"{split}_{i:06d}"
                 rel = f"images/{split}/{image_id}.png"
                 # In place: the marker, written last, is what says the world is whole.
@@ -65,9 +62,6 @@ def generate(root: str, seed: int = 0, counts=(3000, 300, 300), image_size: int 
                                         "captions": captions,
                                         "boxes": [b.to_json() for b in boxes]}) + "\n")
             io.write_text(io.join(root, f"{split}.jsonl"), "".join(rows))
-    finally:
-        if pool:
-            pool.shutdown()
     io.write_json(marker, settings)
     return _summary(root, settings)
 
