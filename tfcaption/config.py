@@ -157,6 +157,15 @@ class TrainConfig:
     # a caption cut off mid-phrase ("a dog runs with a") then misses the
     # "... a <end>" n-grams a whole one earns, which plain CIDEr-D does not see.
     rl_end_word: bool = True
+    # A cross-entropy term on the batch's references during SCST (a "mixed
+    # objective", Paulus et al. 2018): loss = SCST + rl_xent_weight * the mean
+    # per-caption cross entropy (the same term the first phase minimises). It
+    # anchors the policy to the data and slows the entropy collapse pure SCST
+    # shows on Flickr8k. 0: pure SCST.
+    rl_xent_weight: float = 0.0
+    # An entropy bonus: loss -= rl_entropy_weight * the policy's entropy (nats)
+    # summed along each sampled caption, averaged over the samples. 0: none.
+    rl_entropy_weight: float = 0.0
     # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism):
     # a fresh run reproduces its scores exactly; costs a little speed on GPUs.
     deterministic: bool = False

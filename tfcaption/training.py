@@ -219,10 +219,9 @@ def _replica_step(trainer: Trainer, rl: bool = False):
         # Drawn outside the tape: no gradient flows through a draw.
         tokens, advantage, real, stats = scst.sample_and_reward(
             decoder, features, references, trainer.reward, trainer.config, seed)
-        global_samples = scst.images_per_batch(trainer.config) * tc.rl_samples
         with tf.GradientTape() as tape:
-            loss, more = scst.policy_loss(decoder, features, tokens, advantage, real,
-                                          global_samples)
+            loss, more = scst.mixed_loss(decoder, features, references, tokens, advantage,
+                                         real, trainer.config)
             target = optimizer.scale_loss(loss) if scaled else loss
         return loss, {**stats, **more}, tape.gradient(target, decoder.trainable_variables)
 
@@ -477,10 +476,12 @@ def _progress(trainer: Trainer, phase: str, stats: dict, window: dict) -> dict:
     rate = window["tokens"] / (time.perf_counter() - window["start"])
     if phase == "rl":
         samples = max(float(stats["samples"]), 1.0)
-        return {"reward": float(stats["reward"]) / samples,
-                "baseline": float(stats["baseline"]) / samples,
-                "entropy": float(stats["entropy"]) / max(float(stats["tokens"]), 1.0),
-                "tokens/s": rate, "lr": trainer.config.train.rl_learning_rate}
+        shown = {"reward": float(stats["reward"]) / samples,
+                 "baseline": float(stats["baseline"]) / samples,
+                 "entropy": float(stats["entropy"]) / max(float(stats["tokens"]), 1.0)}
+        if "xent" in stats:  # train.rl_xent_weight: the references' loss per token
+            shown["loss"] = float(stats["xent"]) / max(float(stats["xent_tokens"]), 1.0)
+        return {**shown, "tokens/s": rate, "lr": trainer.config.train.rl_learning_rate}
     return {"loss": float(stats["xent"]) / max(float(stats["tokens"]), 1.0),
             "tokens/s": rate, "lr": float(trainer.optimizer.learning_rate)}
 
@@ -491,6 +492,8 @@ def _log_scalars(writer, step: int, phase: str, shown: dict, stats: dict, loss: 
         if phase == "rl":
             for key in ("reward", "baseline", "entropy"):
                 tf.summary.scalar(f"scst/{key}", shown[key])
+            if "loss" in shown:
+                tf.summary.scalar("scst/cross_entropy_per_token", shown["loss"])
             tf.summary.scalar("scst/loss", loss)
         else:
             tf.summary.scalar("loss/cross_entropy_per_token", shown["loss"])
