@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption import checkpoints, decoding, export, runner, serving, training
+from tfcaption import checkpoints, decoding, export, runner, serving, tflite_export, training
 from tfcaption.config import ModelConfig, RunConfig
+from tfcaption.data.features import decode_image
 from tfcaption.decoding.masks import NEG, NEVER_EMITTED
+from tfcaption.models.backbones import build_backbone
 from tfcaption.models.build import DECODERS as BUILT, build_decoder, check_model
 from tfcaption.tokens import END_ID, PAD_ID, START_ID
 from tests.test_export import assert_same_outputs, eager_outputs, fresh_report
@@ -200,6 +202,21 @@ def test_sampling_and_diverse_beam_carry_the_state_in_a_graph(name):
 # --- The SavedModel and the checkpoints: one tiny cache, a checkpoint per decoder.
 
 
+def run_config(cache_root, train_dir, name: str) -> RunConfig:
+    """A tiny run of decoder `name` over test_training's cache (at cache_root)."""
+    config = tiny_run(cache_root)
+    config.model = tiny_model(name)
+    config.train.train_dir = str(train_dir)
+    return config
+
+
+def as_other(config, decoder: str) -> RunConfig:
+    """A copy of config that asks for another decoder type."""
+    other = copy.deepcopy(config)
+    other.model = tiny_model(decoder)
+    return other
+
+
 @pytest.fixture(scope="module")
 def exports(cached, tmp_path_factory):  # noqa: F811 (the fixture imported above)
     """Per decoder: a run whose latest checkpoint holds spread random weights
@@ -210,9 +227,7 @@ def exports(cached, tmp_path_factory):  # noqa: F811 (the fixture imported above
     blobs = [p.read_bytes() for p in sorted((cached / "img").iterdir())][:6]
     runs = {}
     for name in DECODERS:
-        config = tiny_run(cached)
-        config.model = tiny_model(name)
-        config.train.train_dir = str(root / name / "train")
+        config = run_config(cached, root / name / "train", name)
         manifest = checkpoints.load_manifest(config.features.cache_dir, "train")
         vocab = len(open(checkpoints.vocabulary_path(manifest)).read().split())
         decoder = tiny_decoder(name, spread=1.0, grid=manifest["grid_shape"], vocab=vocab,
@@ -225,7 +240,7 @@ def exports(cached, tmp_path_factory):  # noqa: F811 (the fixture imported above
             config, blobs, serving.model_info(path)))
     report = fresh_report({name: run.path for name, run in runs.items()}, blobs,
                           runs[DECODERS[0]].eager.grid, {}, root)
-    return types.SimpleNamespace(runs=runs, report=report, root=root)
+    return types.SimpleNamespace(runs=runs, report=report, root=root, blobs=blobs)
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -240,11 +255,22 @@ def test_savedmodel_in_a_fresh_process_gives_the_eager_tokens(exports, name):
     assert cold["tokens"] == [[row] * 3 for row in served["greedy"]["tokens"]]
 
 
-def as_other(config, decoder: str):
-    """A copy of config that asks for another decoder type."""
-    other = copy.deepcopy(config)
-    other.model = tiny_model(decoder)
-    return other
+@pytest.mark.parametrize("name", DECODERS)
+def test_tflite_gives_the_eager_greedy_tokens(exports, name):
+    """The state crosses TFLite's WHILE as it crosses tf.while_loop."""
+    config = exports.runs[name].config
+    fc = config.features
+    backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
+                              seed=fc.seed)
+    images = tf.stack([backbone.resize(decode_image(tf.constant(b))) for b in exports.blobs])
+    h, w, c = backbone.grid_shape
+    grid = tf.reshape(backbone(backbone.normalize(images)), [-1, h * w, c])
+    decoder, *_ = checkpoints.restore_decoder(config)
+    tokens, _, scores, _ = decoding.greedy(decoder, grid, MAX_LEN, config.decode.no_repeat_ngram)
+    path = tflite_export.export_tflite(config, str(exports.root / "tflite"), max_len=MAX_LEN)
+    found = tflite_export.run(f"{path}/{tflite_export.MODEL_FILE}", images.numpy())
+    np.testing.assert_array_equal(found["tokens"], tokens.numpy())
+    np.testing.assert_allclose(found["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("trained, asked", itertools.permutations(DECODERS, 2))
@@ -259,27 +285,25 @@ def test_a_checkpoint_restores_only_into_its_own_decoder_type(exports, trained, 
         training.train(config, progress=False)
 
 
-def test_a_checkpoint_from_before_the_record_is_a_gru(exports):
+def test_a_checkpoint_from_before_the_record_is_a_gru(cached, tmp_path):  # noqa: F811
     """Checkpoints written before decoder types were recorded (GRU's, with no
     record) restore and resume as GRU and are refused as anything else."""
-    config = as_other(exports.runs["gru"].config, "gru")
-    config.train.train_dir = str(exports.root / "unrecorded")
+    config = run_config(cached, tmp_path, "gru")
     trainer = training.make_trainer(config)
     path = training._checkpoint(trainer.decoder, trainer.optimizer, trainer.state,
-                                record=False).save(str(exports.root / "unrecorded" / "ckpt"))
+                                record=False).save(str(tmp_path / "old" / "ckpt"))
     assert checkpoints.recorded_type(path) is None
     training.restore_latest(training.make_trainer(config), path)
     checkpoints.restore_decoder(config, path)
-    config.model.decoder = "lstm"
     with pytest.raises(ValueError, match="model.decoder=gru .it records no type.*says "
                                          "model.decoder=lstm"):
-        checkpoints.restore_decoder(config, path)
+        checkpoints.restore_decoder(as_other(config, "lstm"), path)
     # The record is what a run writes from now on.
     assert checkpoints.recorded_type(trainer.latest.save(1)) == "gru"
 
 
-def test_an_unknown_decoder_fails_before_any_work(exports, monkeypatch):
-    config = as_other(exports.runs["gru"].config, "lsmt")
+def test_an_unknown_decoder_fails_before_any_work(monkeypatch):
+    config = RunConfig(model=tiny_model("lsmt"))
     monkeypatch.setattr(runner, "prepare_source", lambda c: pytest.fail("the world was made"))
     with pytest.raises(ValueError, match="choose one of"):
         runner.run(config, progress=False)
