@@ -61,21 +61,28 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eager(exported):
-    """What the code in this process computes from the checkpoint: the cache's
-    image decoding and preprocessing, the backbone, decoding.beam / greedy."""
-    config, info = exported.config, exported.info
+    return eager_outputs(exported.config, exported.blobs, exported.info)
+
+
+def eager_outputs(config, blobs, info):
+    """What the code in this process computes from config's checkpoint for the
+    image bytes `blobs`: the cache's image decoding and preprocessing, the
+    backbone, decoding.beam / greedy with the search settings of the export
+    `info` and config.decode.no_repeat_ngram, which the export fixes in its
+    graph. -> beam, greedy (dicts of OUTPUTS) and the backbone's grid."""
     decoder, tokenizer, _, _ = checkpoints.restore_decoder(config)
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
                               seed=fc.seed)
     images = tf.stack([backbone.preprocess(features.decode_image(tf.constant(b)))
-                       for b in exported.blobs])
+                       for b in blobs])
     grid = backbone(images)
     h, w, c = info["grid"]
     flat = tf.reshape(grid, [-1, h * w, c])
+    no_repeat = config.decode.no_repeat_ngram
     beam = decoding.beam(decoder, flat, info["beam_size"], info["max_len"],
-                         info["length_penalty"])
-    greedy = decoding.greedy(decoder, flat, info["max_len"])
+                         info["length_penalty"], no_repeat)
+    greedy = decoding.greedy(decoder, flat, info["max_len"], no_repeat)
     as_dict = lambda found: {  # noqa: E731
         "caption": [c.decode() for c in tokenizer.detokenize(found[0]).numpy()],
         **{k: v.numpy() for k, v in zip(OUTPUTS[1:], found)}}
@@ -147,12 +154,19 @@ print("REPORT " + json.dumps(report))
 
 @pytest.fixture(scope="module")
 def fresh(exported, eager, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("fresh")
-    np.save(cwd / "grid.npy", eager.grid)
-    args = {"site_packages": SITE_PACKAGES, "grid": str(cwd / "grid.npy"),
-            "models": {"beam": exported.beam, "greedy": exported.greedy},
-            "blobs": [b.hex() for b in exported.blobs],
-            "bad": {k: [b.hex() for b in v] for k, v in exported.bad.items()}}
+    return fresh_report({"beam": exported.beam, "greedy": exported.greedy}, exported.blobs,
+                        eager.grid, exported.bad, tmp_path_factory.mktemp("fresh"))
+
+
+def fresh_report(models: dict, blobs: list, grid, bad: dict, cwd) -> dict:
+    """FRESH_PROCESS's report on the SavedModels `models` (name -> folder), all
+    in one new process: the outputs of each signature for the image bytes
+    `blobs` and for the backbone grid `grid`, and how the `bad` requests
+    (case -> list of bytes) fail."""
+    np.save(cwd / "grid.npy", grid)
+    args = {"site_packages": SITE_PACKAGES, "grid": str(cwd / "grid.npy"), "models": models,
+            "blobs": [b.hex() for b in blobs],
+            "bad": {k: [b.hex() for b in v] for k, v in bad.items()}}
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), "TF_CPP_MIN_LOG_LEVEL": "2"}
     # The timeout is the "bad input does not hang" check as well.
     done = subprocess.run([sys.executable, "-I", "-S", "-c", FRESH_PROCESS, json.dumps(args)],

@@ -89,16 +89,26 @@ class PipelineConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The decoder's sizes (see tfcaption.models.decoder.GRUDecoder)."""
+    """The decoder: its type and sizes.
 
+    decoder: a name in tfcaption.models.build.DECODERS: "gru" (GRUDecoder) or
+        "lstm" (LSTMDecoder, Show, Attend and Tell's own). A checkpoint
+        restores only into the type it was trained with.
+    layers, heads: the Transformer decoder's depth and attention heads; the
+        recurrent decoders ignore them.
+    """
+
+    decoder: str = "gru"
+    layers: int = 2
+    heads: int = 4
     embedding_dim: int = 256
     units: int = 512
     attention_units: int = 512
     feature_dim: int = 512  # the projected feature size (the attention "values")
     dropout: float = 0.3
     gate: bool = True  # Show, Attend and Tell's beta = sigmoid(f(h)) gating scalar
-    # Initial GRU state from the mean feature (Show, Attend and Tell). False: a
-    # learned constant, so every word must find its evidence by attending.
+    # Initial recurrent state from the mean feature (Show, Attend and Tell).
+    # False: a learned constant, so every word must find its evidence by attending.
     init_from_features: bool = True
     position_embedding: bool = False  # a learned vector per grid location
     # 1: project each location alone; k > 1: a k x k convolution over the grid,

@@ -7,8 +7,31 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from tfcaption.config import RunConfig
+from tfcaption.config import ModelConfig, RunConfig
 from tfcaption.models.decoder import GRUDecoder
+from tfcaption.models.lstm import LSTMDecoder
+
+# config.model.decoder -> the class. Every one has the same protocol: encode,
+# step (advance + project), teacher_forced, vocab_size, from_config_dataclass.
+DECODERS = {"gru": GRUDecoder, "lstm": LSTMDecoder}
+
+
+def check_model(model: ModelConfig) -> None:
+    """Refuses a decoder type that does not exist, or sizes that cannot be built."""
+    if model.decoder not in DECODERS:
+        raise ValueError(f"model.decoder={model.decoder!r} is not a decoder; choose one of "
+                         f"{', '.join(DECODERS)}")
+    if model.layers < 1 or model.heads < 1:
+        raise ValueError(f"model.layers ({model.layers}) and model.heads ({model.heads}) "
+                         "must be >= 1")
+
+
+def decoder_type(decoder) -> str:
+    """The config.model.decoder name of a built decoder (what its checkpoints record)."""
+    for name, cls in DECODERS.items():
+        if type(decoder) is cls:
+            return name
+    raise TypeError(f"{type(decoder).__name__} is not in models.build.DECODERS")
 
 
 @contextlib.contextmanager
@@ -22,11 +45,13 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(before)
 
 
-def build_decoder(config: RunConfig, vocab_size: int, grid_shape) -> GRUDecoder:
-    """A decoder with its variables created (so checkpoints restore into them)."""
+def build_decoder(config: RunConfig, vocab_size: int, grid_shape):
+    """A decoder of type config.model.decoder with its variables created (so
+    checkpoints restore into them)."""
+    check_model(config.model)
     with dtype_policy(config.train.mixed_precision):
-        decoder = GRUDecoder.from_config_dataclass(config.model, vocab_size,
-                                                   grid_shape=grid_shape)
+        decoder = DECODERS[config.model.decoder].from_config_dataclass(
+            config.model, vocab_size, grid_shape=grid_shape)
     h, w, c = grid_shape
     decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
     return decoder
