@@ -79,7 +79,7 @@ class TableDecoder:
         self.table = tf.constant(np.log(probabilities), tf.float32)
         self.vocab_size = probabilities.shape[0]
 
-    def encode(self, features, training=False):
+    def encode(self, features, training=False, max_len=None):
         return features, features, tf.fill([tf.shape(features)[0]], START_ID)
 
     def step(self, token, state, values, keys, training=False):

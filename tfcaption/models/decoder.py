@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfcaption.config import ModelConfig
 from tfcaption.models.attention import BahdanauAttention, LocationEmbedding
+from tfcaption.models.projection import feature_layers, project_features
 
 
 class GRUDecoder(keras.Model):
@@ -35,23 +36,12 @@ class GRUDecoder(keras.Model):
         self.dropout_rate = dropout
         self.gate = gate
         self.init_from_features = init_from_features
-        if feature_kernel > 1 and not grid_shape:
-            raise ValueError("feature_kernel > 1 needs the grid's (height, width)")
         self.position_embedding = position_embedding
         self.feature_kernel = feature_kernel
         self.grid_shape = tuple(grid_shape[:2]) if grid_shape else None
-        # Raw backbone scales differ by orders of magnitude (random weights give
-        # ~1e-3, ImageNet VGG ~1e2): normalise each location's channels first.
-        # Its scale and offset are folded into feature_proj when projecting
-        # (see project_features): the same function and gradients, without
-        # feature_proj's input gradient (~20% of a demo step).
-        self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
-        if feature_kernel > 1:
-            self.feature_proj = keras.layers.Conv2D(feature_dim, feature_kernel, padding="same",
-                                                    activation="relu", name="feature_proj")
-        else:
-            self.feature_proj = keras.layers.Dense(feature_dim, activation="relu",
-                                                   name="feature_proj")
+        # Normalised, then projected: see projection.feature_layers.
+        self.feature_norm, self.feature_proj = feature_layers(feature_dim, feature_kernel,
+                                                              grid_shape)
         self.positions = LocationEmbedding(name="positions") if position_embedding else None
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.init_state = keras.layers.Dense(units, activation="tanh", name="init_state")
@@ -83,50 +73,16 @@ class GRUDecoder(keras.Model):
                 "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape}
 
     def project_features(self, features):
-        """feature_proj(feature_norm(features)), with the norm's scale and offset
-        folded into the projection: proj(gamma * x + beta) = proj'(x) + proj(beta),
-        proj' having its input channels scaled by gamma.
+        """feature_proj(feature_norm(features)), the norm folded into the
+        projection (see projection.project_features)."""
+        return project_features(features, self.feature_norm, self.feature_proj,
+                                self.feature_kernel, self.grid_shape)
 
-        Why: the normalised features x are constants of the cache, so nothing
-        then needs feature_proj's input gradient, which unfolded costs as much
-        as its weight gradient; gamma's gradient comes through the scaled
-        kernel instead. proj(beta) is the projection of a constant grid (zero
-        padding included, so border cells get what they got unfolded): one
-        image's work, broadcast over the batch. (feature_norm is still built and
-        checkpointed as a layer: its variables keep their names.)
-        """
-        norm, proj = self.feature_norm, self.feature_proj
-        if not norm.built:
-            norm.build(features.shape)
-        if not proj.built:
-            self._build_projection(features.shape[-1])
-        dtype = proj.compute_dtype
-        x = tf.cast(features, tf.float32)
-        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        x = tf.cast((x - mean) * tf.math.rsqrt(variance + norm.epsilon), dtype)
-        gamma, beta = tf.cast(norm.gamma, dtype), tf.cast(norm.beta, dtype)
-        kernel, bias = tf.cast(proj.kernel, dtype), tf.cast(proj.bias, dtype)
-        if self.feature_kernel > 1:  # a convolution over the grid, back to locations
-            h, w = self.grid_shape
-            grid = tf.reshape(x, [-1, h, w, x.shape[-1]])
-            scaled = tf.nn.conv2d(grid, kernel * gamma[:, None], 1, "SAME")
-            offset = tf.nn.conv2d(tf.broadcast_to(beta, [1, h, w, beta.shape[0]]), kernel, 1,
-                                  "SAME")
-            values = tf.reshape(tf.nn.relu(scaled + offset + bias), [-1, h * w, self.feature_dim])
-        else:
-            values = tf.nn.relu(tf.matmul(x, kernel * gamma[:, None])
-                                + tf.matmul(beta[None, :], kernel) + bias)
-        return values
-
-    def _build_projection(self, channels: int):
-        if self.feature_kernel > 1:
-            self.feature_proj.build((None, *self.grid_shape, channels))
-        else:
-            self.feature_proj.build((None, channels))
-
-    def encode(self, features, training=False):
+    def encode(self, features, training=False, max_len=None):
         """features (batch, locations, channels) -> values (batch, locations, feature_dim),
-        keys (batch, locations, attention_units), initial state (batch, units)."""
+        keys (batch, locations, attention_units), initial state (batch, units).
+        max_len (the longest search): unused, the GRU's state does not grow with
+        the caption (a transformer's word cache does)."""
         values = self.project_features(features)
         if self.positions is not None:
             values = self.positions(values)
