@@ -11,7 +11,7 @@ from tests.models.test_decoder import batch, tiny_decoder
 
 def python_greedy(decoder, features, max_len):
     """A reference loop in plain Python over decoder.step."""
-    values, keys, state = decoder.encode(features)
+    values, keys, state = decoder.encode(features, max_len=max_len)
     token = tf.fill([features.shape[0]], START_ID)
     rows = []
     for _ in range(max_len):

@@ -33,12 +33,13 @@ FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "NumpyFunction"}
 OUTPUTS = ("caption", "tokens", "lengths", "scores", "attention")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A trained tiny run exported as its eval config says (beam 3), plus a beam-1
-    export, and the images and bytes the tests send."""
-    root = tmp_path_factory.mktemp("export")
-    config = tiny_run(root)
+def trained_export(root, greedy: bool = True, train=(), **model) -> types.SimpleNamespace:
+    """A tiny run (config.train and config.model fields overridden by the dict
+    `train` and by `model`) trained and exported as its eval config says (beam
+    3), plus a beam-1 export when `greedy`, and the images and bytes the tests send."""
+    config = tiny_run(root, **dict(train))
+    for field, value in model.items():
+        setattr(config.model, field, value)
     config.eval.beam_size = 3
     config.eval.export_dir = str(root / "saved_models")
     for split in ("train", "val"):
@@ -47,7 +48,8 @@ def exported(tmp_path_factory):
     ev = config.eval
     beam = export.export(config, out_root=ev.export_dir, beam_size=ev.beam_size,
                          length_penalty=ev.length_penalty)
-    greedy = export.export(config, out_root=ev.export_dir, beam_size=1, name="tiny_greedy")
+    greedy = export.export(config, out_root=ev.export_dir, beam_size=1,
+                           name="tiny_greedy") if greedy else None
     # RGB, PNG, grayscale and CMYK JPEGs, PNG again (see fixtures.make_images).
     images = [root / "img" / f"{i:04d}.{'png' if i % 4 == 1 else 'jpg'}" for i in range(6)]
     jpeg, png = images[0].read_bytes(), images[1].read_bytes()
@@ -59,10 +61,10 @@ def exported(tmp_path_factory):
                                  bad=bad, info=serving.model_info(beam))
 
 
-@pytest.fixture(scope="module")
-def eager(exported):
+def eager_outputs(exported) -> types.SimpleNamespace:
     """What the code in this process computes from the checkpoint: the cache's
-    image decoding and preprocessing, the backbone, decoding.beam / greedy."""
+    image decoding and preprocessing, the backbone, decoding.beam / greedy (with
+    the n-gram ban the export fixes)."""
     config, info = exported.config, exported.info
     decoder, tokenizer, _, _ = checkpoints.restore_decoder(config)
     fc = config.features
@@ -73,13 +75,24 @@ def eager(exported):
     grid = backbone(images)
     h, w, c = info["grid"]
     flat = tf.reshape(grid, [-1, h * w, c])
+    no_repeat = config.decode.no_repeat_ngram
     beam = decoding.beam(decoder, flat, info["beam_size"], info["max_len"],
-                         info["length_penalty"])
-    greedy = decoding.greedy(decoder, flat, info["max_len"])
+                         info["length_penalty"], no_repeat)
+    greedy = decoding.greedy(decoder, flat, info["max_len"], no_repeat)
     as_dict = lambda found: {  # noqa: E731
         "caption": [c.decode() for c in tokenizer.detokenize(found[0]).numpy()],
         **{k: v.numpy() for k, v in zip(OUTPUTS[1:], found)}}
     return types.SimpleNamespace(beam=as_dict(beam), greedy=as_dict(greedy), grid=grid.numpy())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return trained_export(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def eager(exported):
+    return eager_outputs(exported)
 
 
 # Runs with `python -I -S`: no PYTHONPATH, no cwd, no user site and no .pth files,
@@ -145,12 +158,11 @@ print("REPORT " + json.dumps(report))
 """
 
 
-@pytest.fixture(scope="module")
-def fresh(exported, eager, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("fresh")
+def fresh_report(exported, eager, cwd) -> dict:
+    """The FRESH_PROCESS report on the exports (beam, and greedy if made)."""
     np.save(cwd / "grid.npy", eager.grid)
-    args = {"site_packages": SITE_PACKAGES, "grid": str(cwd / "grid.npy"),
-            "models": {"beam": exported.beam, "greedy": exported.greedy},
+    models = {"beam": exported.beam, **({"greedy": exported.greedy} if exported.greedy else {})}
+    args = {"site_packages": SITE_PACKAGES, "grid": str(cwd / "grid.npy"), "models": models,
             "blobs": [b.hex() for b in exported.blobs],
             "bad": {k: [b.hex() for b in v] for k, v in exported.bad.items()}}
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -160,6 +172,11 @@ def fresh(exported, eager, tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     line = [x for x in done.stdout.splitlines() if x.startswith("REPORT ")][-1]
     return json.loads(line[len("REPORT "):])
+
+
+@pytest.fixture(scope="module")
+def fresh(exported, eager, tmp_path_factory):
+    return fresh_report(exported, eager, tmp_path_factory.mktemp("fresh"))
 
 
 def assert_same_outputs(served: dict, expected: dict):

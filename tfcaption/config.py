@@ -89,8 +89,19 @@ class PipelineConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The decoder's sizes (see tfcaption.models.decoder.GRUDecoder)."""
+    """The decoder and its sizes.
 
+    decoder: one of tfcaption.models.build.DECODERS: "gru" (GRUDecoder, the
+        default) or "transformer" (TransformerDecoder: units is its d_model, with
+        `layers` blocks of `heads` heads; feature_dim, dropout and feature_kernel
+        mean what they mean for the GRU; embedding_dim, attention_units, gate,
+        init_from_features are GRU options it does not read, and it always has
+        the location embedding).
+    """
+
+    decoder: str = "gru"
+    layers: int = 2  # transformer blocks
+    heads: int = 4  # attention heads per transformer block
     embedding_dim: int = 256
     units: int = 512
     attention_units: int = 512
