@@ -62,7 +62,7 @@ def test_the_step_reads_earlier_words_from_the_cache_and_nothing_else():
     """The state holds no tokens, so the step cannot run the prefix again: its
     keys and values come from the cache, written at t and nowhere later. Poking
     a cached entry of an earlier word changes the next logits (they are read);
-    poking one beyond t does not (they are masked)."""
+    poking the one just beyond t does not (it is masked)."""
     decoder = tiny_transformer()
     features, tokens = batch()
     values, keys, state = decoder.encode(features, max_len=MAX_LEN)
@@ -84,7 +84,7 @@ def test_the_step_reads_earlier_words_from_the_cache_and_nothing_else():
 
     for name in ("keys", "values"):
         assert np.abs(poked(name, 0) - following).max() > 1e-3
-        np.testing.assert_array_equal(poked(name, 5), following)
+        np.testing.assert_array_equal(poked(name, 4), following)  # the step writes at 3
 
 
 def test_grouped_captions_equal_repeated_images_under_xla():
