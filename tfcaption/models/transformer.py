@@ -74,9 +74,9 @@ def write_at(cache, new, position):
 class DecoderBlock(keras.layers.Layer):
     """x + SelfAttention(LN x); + CrossAttention(LN x, grid); + FFN(LN x).
 
-    Pre-norm (Xiong et al. 2020): the residual stream is never normalised, so
-    the gradient reaches early blocks undiminished and no warmup-sensitive
-    post-norm instability arises at small batch sizes.
+    Pre-norm (Xiong et al. 2020): the residual stream itself is never
+    normalised, so the gradient reaches early blocks undiminished and training
+    does not hinge on a long learning-rate warmup as post-norm's does.
     """
 
     def __init__(self, units: int, heads: int, dropout: float, **kwargs):
