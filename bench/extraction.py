@@ -1,13 +1,21 @@
 """Extraction throughput: JPEG files -> feature cache, against the bare backbone.
 
     .venv/bin/python bench/extraction.py [--root ../shared/flickr8k] [--split val]
-        [--backbones squeezenet,inception_v3]
+        [--backbones squeezenet,inception_v3[,resnet50,resnet101]]
 
-About 6 minutes on 2 CPUs (InceptionV3 is most of it). For each backbone, both
-rates come from one process, the same batch size, measured alternately (bare,
-extract, bare, extract) so machine noise hits both alike; the best of each is
-kept. The ratio extract/bare says how much of the backbone's speed the input
-pipeline and the TFRecord writing cost (1.0 = none).
+About 6 minutes on 2 CPUs for the default SqueezeNet and InceptionV3 rows
+(InceptionV3 is most of it); the ResNets, asked for with --backbones, add an
+estimated 10 more (not timed: the machine was shared when they were added). Their forward passes cost ~74 (ResNet-50) and ~130
+(ResNet-101) core-ms per image, measured as process CPU time over 3 batches of
+32 on that loaded machine, where SqueezeNet measured 6.5 and InceptionV3 93.
+--backbones picks a subset.
+
+For each backbone, both rates come from one process, the same batch size,
+measured alternately (bare, extract, bare, extract) so machine noise hits both
+alike; the best of each is kept. The ratio extract/bare says how much of the
+backbone's speed the input pipeline and the TFRecord writing cost (1.0 = none).
+All but SqueezeNet run with random weights: the same compute as ImageNet ones,
+and no download.
 
 Where the ratio can go depends on the backbone: JPEG decoding and writing the
 records use the same two cores as the forward pass. SqueezeNet's forward costs
@@ -33,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 from tfcaption.config import DataConfig, FeatureConfig, RunConfig  # noqa: E402
 from tfcaption.data import features  # noqa: E402
 from tfcaption.data.sources import load_examples  # noqa: E402
+from tfcaption.models.backbones import BACKBONES  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
@@ -89,13 +98,17 @@ def main() -> int:
     parser.add_argument("--root", default=str(SHARED / "flickr8k"))
     parser.add_argument("--split", default="val", help="split role: train, val (= dev), test")
     parser.add_argument("--backbones", default="squeezenet,inception_v3",
-                        help="comma-separated; SqueezeNet takes --weights, the others random "
-                             "weights (the same compute as ImageNet ones, no download)")
+                        help=f"comma-separated, of {', '.join(sorted(BACKBONES))}; SqueezeNet "
+                             "takes --weights, the others random weights (the same compute "
+                             "as ImageNet ones, no download)")
     parser.add_argument("--weights", default=str(
         SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    unknown = set(args.backbones.split(",")) - set(BACKBONES)
+    if unknown:
+        parser.error(f"unknown backbones {sorted(unknown)}; choose from {sorted(BACKBONES)}")
     if not os.path.exists(args.weights) and args.weights not in ("random", "imagenet"):
         print(f"no weights at {args.weights}; pass --weights random", file=sys.stderr)
         return 2

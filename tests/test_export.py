@@ -33,13 +33,12 @@ FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "NumpyFunction"}
 OUTPUTS = ("caption", "tokens", "lengths", "scores", "attention")
 
 
-def trained_export(root, greedy: bool = True, train=(), **model) -> types.SimpleNamespace:
-    """A tiny run (config.train and config.model fields overridden by the dict
-    `train` and by `model`) trained and exported as its eval config says (beam
-    3), plus a beam-1 export when `greedy`, and the images and bytes the tests send."""
-    config = tiny_run(root, **dict(train))
-    for field, value in model.items():
-        setattr(config.model, field, value)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A trained tiny run exported as its eval config says (beam 3), plus a beam-1
+    export, and the images and bytes the tests send."""
+    root = tmp_path_factory.mktemp("export")
+    config = tiny_run(root)
     config.eval.beam_size = 3
     config.eval.export_dir = str(root / "saved_models")
     for split in ("train", "val"):
@@ -48,8 +47,7 @@ def trained_export(root, greedy: bool = True, train=(), **model) -> types.Simple
     ev = config.eval
     beam = export.export(config, out_root=ev.export_dir, beam_size=ev.beam_size,
                          length_penalty=ev.length_penalty)
-    greedy = export.export(config, out_root=ev.export_dir, beam_size=1,
-                           name="tiny_greedy") if greedy else None
+    greedy = export.export(config, out_root=ev.export_dir, beam_size=1, name="tiny_greedy")
     # RGB, PNG, grayscale and CMYK JPEGs, PNG again (see fixtures.make_images).
     images = [root / "img" / f"{i:04d}.{'png' if i % 4 == 1 else 'jpg'}" for i in range(6)]
     jpeg, png = images[0].read_bytes(), images[1].read_bytes()
@@ -61,17 +59,23 @@ def trained_export(root, greedy: bool = True, train=(), **model) -> types.Simple
                                  bad=bad, info=serving.model_info(beam))
 
 
-def eager_outputs(exported) -> types.SimpleNamespace:
-    """What the code in this process computes from the checkpoint: the cache's
-    image decoding and preprocessing, the backbone, decoding.beam / greedy (with
-    the n-gram ban the export fixes)."""
-    config, info = exported.config, exported.info
+@pytest.fixture(scope="module")
+def eager(exported):
+    return eager_outputs(exported.config, exported.blobs, exported.info)
+
+
+def eager_outputs(config, blobs, info):
+    """What the code in this process computes from config's checkpoint for the
+    image bytes `blobs`: the cache's image decoding and preprocessing, the
+    backbone, decoding.beam / greedy with the search settings of the export
+    `info` and config.decode.no_repeat_ngram, which the export fixes in its
+    graph. -> beam, greedy (dicts of OUTPUTS) and the backbone's grid."""
     decoder, tokenizer, _, _ = checkpoints.restore_decoder(config)
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
                               seed=fc.seed)
     images = tf.stack([backbone.preprocess(features.decode_image(tf.constant(b)))
-                       for b in exported.blobs])
+                       for b in blobs])
     grid = backbone(images)
     h, w, c = info["grid"]
     flat = tf.reshape(grid, [-1, h * w, c])
@@ -83,16 +87,6 @@ def eager_outputs(exported) -> types.SimpleNamespace:
         "caption": [c.decode() for c in tokenizer.detokenize(found[0]).numpy()],
         **{k: v.numpy() for k, v in zip(OUTPUTS[1:], found)}}
     return types.SimpleNamespace(beam=as_dict(beam), greedy=as_dict(greedy), grid=grid.numpy())
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return trained_export(tmp_path_factory.mktemp("export"))
-
-
-@pytest.fixture(scope="module")
-def eager(exported):
-    return eager_outputs(exported)
 
 
 # Runs with `python -I -S`: no PYTHONPATH, no cwd, no user site and no .pth files,
@@ -158,13 +152,21 @@ print("REPORT " + json.dumps(report))
 """
 
 
-def fresh_report(exported, eager, cwd) -> dict:
-    """The FRESH_PROCESS report on the exports (beam, and greedy if made)."""
-    np.save(cwd / "grid.npy", eager.grid)
-    models = {"beam": exported.beam, **({"greedy": exported.greedy} if exported.greedy else {})}
+@pytest.fixture(scope="module")
+def fresh(exported, eager, tmp_path_factory):
+    return fresh_report({"beam": exported.beam, "greedy": exported.greedy}, exported.blobs,
+                        eager.grid, exported.bad, tmp_path_factory.mktemp("fresh"))
+
+
+def fresh_report(models: dict, blobs: list, grid, bad: dict, cwd) -> dict:
+    """FRESH_PROCESS's report on the SavedModels `models` (name -> folder), all
+    in one new process: the outputs of each signature for the image bytes
+    `blobs` and for the backbone grid `grid`, and how the `bad` requests
+    (case -> list of bytes) fail."""
+    np.save(cwd / "grid.npy", grid)
     args = {"site_packages": SITE_PACKAGES, "grid": str(cwd / "grid.npy"), "models": models,
-            "blobs": [b.hex() for b in exported.blobs],
-            "bad": {k: [b.hex() for b in v] for k, v in exported.bad.items()}}
+            "blobs": [b.hex() for b in blobs],
+            "bad": {k: [b.hex() for b in v] for k, v in bad.items()}}
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), "TF_CPP_MIN_LOG_LEVEL": "2"}
     # The timeout is the "bad input does not hang" check as well.
     done = subprocess.run([sys.executable, "-I", "-S", "-c", FRESH_PROCESS, json.dumps(args)],
@@ -172,11 +174,6 @@ def fresh_report(exported, eager, cwd) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     line = [x for x in done.stdout.splitlines() if x.startswith("REPORT ")][-1]
     return json.loads(line[len("REPORT "):])
-
-
-@pytest.fixture(scope="module")
-def fresh(exported, eager, tmp_path_factory):
-    return fresh_report(exported, eager, tmp_path_factory.mktemp("fresh"))
 
 
 def assert_same_outputs(served: dict, expected: dict):

@@ -128,6 +128,42 @@ def test_policy_gradient_raises_rewarded_captions_and_lowers_the_others(cached):
         assert float(stats["tokens"]) == sum(r * n for r, n in zip(real, (3, 4, 3)))
 
 
+def test_mixed_objective_adds_the_references_cross_entropy_and_the_entropy_bonus(cached):
+    """train.rl_xent_weight adds that multiple of caption_loss on the batch's
+    references (normalised by the global number of references);
+    train.rl_entropy_weight subtracts the policy's entropy: with no advantage,
+    a gradient step on it raises the entropy along the samples."""
+    config = fresh(cached, "mixed", rl_xent_weight=0.5, rl_references=2)
+    config.model.dropout = 0.0  # caption_loss trains with dropout: compare without
+    trainer = training.make_trainer(config)
+    decoder = trainer.decoder
+    feats = tf.random.normal([2, *trainer.data.grid]) * 1e-3
+    samples = tf.constant([[START_ID, 5, 6, END_ID, 0], [START_ID, 7, 8, 9, END_ID]] * 3,
+                          tf.int32)
+    refs = tf.constant([[START_ID, 5, END_ID], [START_ID, 6, END_ID],
+                        [START_ID, 7, 8], [START_ID, 9, END_ID]], tf.int32)
+    advantage, real = tf.constant([0.3, -0.3, 0.1, 0.0, 0.2, -0.1]), tf.ones([6])
+    images = scst.images_per_batch(config)
+    loss, stats = scst.mixed_loss(decoder, feats, refs, samples, advantage, real, config)
+    policy, _ = scst.policy_loss(decoder, feats, samples, advantage, real, images * 3)
+    xent, _ = training.caption_loss(decoder, feats, refs, images * 2,
+                                    config.train.attention_lambda)
+    np.testing.assert_allclose(float(loss), float(policy) + 0.5 * float(xent), rtol=1e-5)
+    assert float(stats["xent_tokens"]) == 2 + 2 + 2 + 2
+
+    config.train.rl_xent_weight, config.train.rl_entropy_weight = 0.0, 1.0
+    entropy = lambda: float(scst.policy_loss(  # noqa: E731
+        decoder, feats, samples, advantage, real, 1)[1]["entropy"])
+    before = entropy()
+    with tf.GradientTape() as tape:
+        loss, _ = scst.mixed_loss(decoder, feats, refs, samples, tf.zeros([6]), real, config)
+    for v, g in zip(decoder.trainable_variables,
+                    tape.gradient(loss, decoder.trainable_variables)):
+        if g is not None:
+            v.assign_sub(0.5 * tf.convert_to_tensor(g))
+    assert entropy() > before + 1e-3
+
+
 def _grads(decoder, feats, tokens, advantage, real):
     with tf.GradientTape() as tape:
         loss, _ = scst.policy_loss(decoder, feats, tokens, tf.constant(advantage),
@@ -180,7 +216,8 @@ def test_scst_runs_on_two_replicas_and_refuses_what_cannot_work(cached):
     assert summary["step"] == summary["total_steps"] and summary["scst_steps"] > 0
     for bad, match in (({"rl_baseline": "max"}, "rl_baseline"),
                        ({"rl_reward": "meteor"}, "rl_reward"),
-                       ({"rl_samples": 1}, "rl_samples")):
+                       ({"rl_samples": 1}, "rl_samples"),
+                       ({"rl_xent_weight": -1.0}, "rl_xent_weight")):
         with pytest.raises(ValueError, match=match):
             training.make_trainer(fresh(cached, "bad", **bad))
 

@@ -11,11 +11,46 @@ from tfcaption.config import RunConfig
 from tfcaption.data import text
 from tfcaption.data.features import load_manifest, vocabulary_file
 from tfcaption.data.pipeline import vocabulary_path
-from tfcaption.models.build import build_decoder
+from tfcaption.models.build import build_decoder, decoder_type
+
+# A run's checkpoints name their decoder type (config.model.decoder) in a string
+# variable beside the weights, so that restoring one into another type fails
+# with both names rather than with a list of weights that do not match.
+# Checkpoints written before there was a choice hold none: they are GRU's.
+TYPE_KEY = "model_decoder"
+UNRECORDED_TYPE = "gru"
 
 
 def weight_names(prefix: str) -> list[str]:
     return list(tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map())
+
+
+def type_record(decoder) -> dict:
+    """{TYPE_KEY: a variable naming decoder's type}, to give tf.train.Checkpoint
+    beside decoder=decoder so that its files say what they hold."""
+    return {TYPE_KEY: tf.Variable(decoder_type(decoder), trainable=False, name=TYPE_KEY)}
+
+
+def recorded_type(path: str) -> str | None:
+    """The decoder type the checkpoint at path records; None if it records none."""
+    reader = tf.train.load_checkpoint(path)
+    key = f"{TYPE_KEY}/.ATTRIBUTES/VARIABLE_VALUE"
+    return reader.get_tensor(key).decode() if reader.has_tensor(key) else None
+
+
+def _check_decoder_type(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Raises when path was trained with another decoder type than checkpoint's
+    decoder: its weights could not fit, and the error should say why."""
+    decoder = getattr(checkpoint, "decoder", None)
+    if decoder is None:
+        return
+    recorded = recorded_type(path)
+    found, wanted = recorded or UNRECORDED_TYPE, decoder_type(decoder)
+    if found != wanted:
+        why = "" if recorded else " (it records no type: it predates model.decoder)"
+        raise ValueError(f"checkpoint {path} was trained with model.decoder={found}{why}; "
+                         f"this config says model.decoder={wanted}. Use it with --set "
+                         f"model.decoder={found}, or train {wanted} in another train.train_dir")
 
 
 def _decoder_weights(keys) -> set[str]:
@@ -46,10 +81,11 @@ def _check_no_extra_weights(checkpoint: tf.train.Checkpoint, path: str) -> None:
 
 
 def restore_checked(checkpoint: tf.train.Checkpoint, path: str):
-    """Restores path into checkpoint's objects; raises when one of their weights
-    is not in it (a run trained with other model options), which a plain
-    restore would leave at its initial value without a word, and when it holds
-    decoder weights the decoder lacks."""
+    """Restores path into checkpoint's objects; raises when path was trained with
+    another decoder type, when one of their weights is not in it (a run trained
+    with other model options), which a plain restore would leave at its initial
+    value without a word, and when it holds decoder weights the decoder lacks."""
+    _check_decoder_type(checkpoint, path)
     _check_no_extra_weights(checkpoint, path)
     try:  # ValueError: a weight whose shape changed, or one matched to another's slot
         status = checkpoint.restore(path)

@@ -89,27 +89,31 @@ class PipelineConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The decoder and its sizes.
+    """The decoder: its type and sizes.
 
-    decoder: one of tfcaption.models.build.DECODERS: "gru" (GRUDecoder, the
-        default) or "transformer" (TransformerDecoder: units is its d_model, with
-        `layers` blocks of `heads` heads; feature_dim, dropout and feature_kernel
-        mean what they mean for the GRU; embedding_dim, attention_units, gate,
-        init_from_features are GRU options it does not read, and it always has
-        the location embedding).
+    decoder: a name in tfcaption.models.build.DECODERS. A checkpoint restores
+        only into the type it was trained with. What each reads:
+      - "gru" (GRUDecoder, the default) and "lstm" (LSTMDecoder, Show, Attend
+        and Tell's own): every field below but layers and heads.
+      - "transformer" (TransformerDecoder): units (its d_model: the word
+        embeddings and every block's width), layers, heads (units must be a
+        multiple of heads), feature_dim, dropout, feature_kernel. It ignores
+        embedding_dim, attention_units, gate, init_from_features and
+        position_embedding (its location embedding is always on).
+    layers, heads: the transformer's blocks and attention heads per block.
     """
 
     decoder: str = "gru"
-    layers: int = 2  # transformer blocks
-    heads: int = 4  # attention heads per transformer block
+    layers: int = 2
+    heads: int = 4
     embedding_dim: int = 256
     units: int = 512
     attention_units: int = 512
     feature_dim: int = 512  # the projected feature size (the attention "values")
     dropout: float = 0.3
     gate: bool = True  # Show, Attend and Tell's beta = sigmoid(f(h)) gating scalar
-    # Initial GRU state from the mean feature (Show, Attend and Tell). False: a
-    # learned constant, so every word must find its evidence by attending.
+    # Initial recurrent state from the mean feature (Show, Attend and Tell).
+    # False: a learned constant, so every word must find its evidence by attending.
     init_from_features: bool = True
     position_embedding: bool = False  # a learned vector per grid location
     # 1: project each location alone; k > 1: a k x k convolution over the grid,
@@ -168,6 +172,15 @@ class TrainConfig:
     # a caption cut off mid-phrase ("a dog runs with a") then misses the
     # "... a <end>" n-grams a whole one earns, which plain CIDEr-D does not see.
     rl_end_word: bool = True
+    # A cross-entropy term on the batch's references during SCST (a "mixed
+    # objective", Paulus et al. 2018): loss = SCST + rl_xent_weight * the mean
+    # per-caption cross entropy (the same term the first phase minimises). It
+    # anchors the policy to the data and slows the entropy collapse pure SCST
+    # shows on Flickr8k. 0: pure SCST.
+    rl_xent_weight: float = 0.0
+    # An entropy bonus: loss -= rl_entropy_weight * the policy's entropy (nats)
+    # summed along each sampled caption, averaged over the samples. 0: none.
+    rl_entropy_weight: float = 0.0
     # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism):
     # a fresh run reproduces its scores exactly; costs a little speed on GPUs.
     deterministic: bool = False

@@ -93,6 +93,9 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     from tfcaption import checkpoints, evaluation, report, training
     from tfcaption.data import features
 
+    # A setting training would refuse (model.decoder=lsmt) fails now, not after
+    # the world is rendered and its features cached.
+    training.check_config(config)
     world = prepare_source(config)
     if world:
         print(f"synthetic world: {json.dumps(world)}")

@@ -32,7 +32,7 @@ import tensorflow as tf
 from tfcaption import decoding, io, rewards
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline
-from tfcaption.models.captioner import target_mask
+from tfcaption.models.captioner import caption_loss, target_mask
 from tfcaption.tokens import END_ID, PAD_ID, START_ID
 
 log = logging.getLogger("tfcaption.scst")
@@ -53,6 +53,8 @@ def check(config: RunConfig) -> None:
                          "an image's other samples)")
     if tc.rl_references < 1:
         raise ValueError("train.rl_references must be >= 1")
+    if tc.rl_xent_weight < 0 or tc.rl_entropy_weight < 0:
+        raise ValueError("train.rl_xent_weight and train.rl_entropy_weight must be >= 0")
     if tc.rl_reward not in rewards.REWARDS:
         raise ValueError(f"train.rl_reward must be one of {', '.join(rewards.REWARDS)}, "
                          f"not {tc.rl_reward!r}")
@@ -148,18 +150,39 @@ def sample_and_reward(decoder, features, references, reward_fn, config: RunConfi
     return tokens, tf.stop_gradient(advantage), tf.repeat(real, k), stats
 
 
-def policy_loss(decoder, features, tokens, advantage, real, global_samples: int):
+def policy_loss(decoder, features, tokens, advantage, real, global_samples: int,
+                entropy_weight: float = 0.0):
     """-(advantage * log p(caption)) over each caption's real tokens (<end>
     included), summed and divided by the GLOBAL number of samples (so summing
-    over replicas gives the mean); also the summed per-token entropy of the
-    policy along the samples, and the token count, for logging."""
+    over replicas gives the mean), minus entropy_weight * the policy's entropy
+    summed along each sample (the same mean); also the summed per-token entropy
+    of the policy along the samples, and the token count, for logging."""
     logits, _ = decoder.teacher_forced(features, tokens, training=False)
     targets = tokens[:, 1:]
     mask = target_mask(targets) * real[:, None]
     logp = tf.nn.log_softmax(logits)
     chosen = tf.gather(logp, targets, batch_dims=2)
     caption_logp = tf.reduce_sum(chosen * mask, axis=1)
-    loss = -tf.reduce_sum(advantage * caption_logp) / tf.cast(global_samples, tf.float32)
-    entropy = -tf.reduce_sum(tf.exp(logp) * logp, axis=-1)
-    return loss, {"entropy": tf.reduce_sum(tf.stop_gradient(entropy) * mask),
-                  "tokens": tf.reduce_sum(mask)}
+    entropy = tf.reduce_sum(-tf.reduce_sum(tf.exp(logp) * logp, axis=-1) * mask)
+    loss = -tf.reduce_sum(advantage * caption_logp)
+    if entropy_weight:
+        loss -= entropy_weight * entropy
+    return loss / tf.cast(global_samples, tf.float32), {
+        "entropy": tf.stop_gradient(entropy), "tokens": tf.reduce_sum(mask)}
+
+
+def mixed_loss(decoder, features, references, tokens, advantage, real, config: RunConfig):
+    """policy_loss, plus train.rl_xent_weight x the cross-entropy of the batch's
+    references (mean per reference over the global batch: caption_loss, as the
+    first phase trains, dropout and the attention regulariser included)."""
+    tc = config.train
+    global_images = images_per_batch(config)
+    loss, stats = policy_loss(decoder, features, tokens, advantage, real,
+                              global_images * tc.rl_samples, tc.rl_entropy_weight)
+    if tc.rl_xent_weight:
+        xent, more = caption_loss(decoder, features, references,
+                                  global_images * tc.rl_references, tc.attention_lambda,
+                                  training=True)
+        loss += tc.rl_xent_weight * xent
+        stats = {**stats, "xent": more["xent"], "xent_tokens": more["tokens"]}
+    return loss, stats

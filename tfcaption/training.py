@@ -27,12 +27,11 @@ import keras
 import tensorflow as tf
 
 from tfcaption import decoding, distribute, io, metrics, rewards, scst
-from tfcaption.checkpoints import restore_checked, weight_names
+from tfcaption.checkpoints import TYPE_KEY, restore_checked, type_record, weight_names
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
-from tfcaption.models.build import build_decoder
+from tfcaption.models.build import build_decoder, check_model
 from tfcaption.models.captioner import caption_loss
-from tfcaption.models.decoder import GRUDecoder
 from tfcaption.schedules import Constant, WarmupCosine
 
 log = logging.getLogger("tfcaption.train")
@@ -65,7 +64,7 @@ class Trainer:
     strategy: tf.distribute.Strategy
     tokenizer: text.Tokenizer
     data: pipeline.TrainingData
-    decoder: GRUDecoder
+    decoder: keras.Model  # one of models.build.DECODERS
     optimizer: keras.optimizers.Optimizer
     checkpoint: tf.train.Checkpoint
     latest: tf.train.CheckpointManager
@@ -113,6 +112,7 @@ def checkpoint_dirs(train_dir: str, strategy) -> tuple[str, str]:
 def check_config(config: RunConfig) -> None:
     """Refuses settings that cannot work, before a strategy or anything else is made."""
     pc, tc = config.pipeline, config.train
+    check_model(config.model)
     if tc.steps_per_execution < 1:
         raise ValueError("train.steps_per_execution must be >= 1")
     if tc.strategy == "tpu" and tc.steps_per_execution > 1 and not pc.fixed_shapes:
@@ -176,22 +176,28 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
                    reward=reward, xe_steps=xe_total)
 
 
-def _checkpoint(decoder, optimizer, state: dict, rl_optimizer=None) -> tf.train.Checkpoint:
-    """What a run's checkpoints hold (the SCST optimizer only when it exists)."""
+def _checkpoint(decoder, optimizer, state: dict, rl_optimizer=None,
+                record: bool = True) -> tf.train.Checkpoint:
+    """What a run's checkpoints hold: the SCST optimizer only when it exists,
+    and the decoder type's record (checkpoints.type_record) unless told not to."""
     extra = {"rl_optimizer": rl_optimizer} if rl_optimizer else {}
+    if record:
+        extra.update(type_record(decoder))
     return tf.train.Checkpoint(decoder=decoder, optimizer=optimizer, rng=rng_state(decoder),
                                **state, **extra)
 
 
 def restore_latest(trainer: Trainer, path: str) -> None:
-    """Restores a run's latest checkpoint. One written before SCST was asked
-    for (train.rl_epochs raised after cross-entropy finished) has no SCST
-    optimizer: everything else is restored, and that optimizer starts fresh."""
-    checkpoint = trainer.checkpoint
-    if trainer.rl_optimizer is not None and not any(
-            k.startswith("rl_optimizer/") for k in weight_names(path)):
-        checkpoint = _checkpoint(trainer.decoder, trainer.optimizer, trainer.state)
-    restore_checked(checkpoint, path)
+    """Restores a run's latest checkpoint into what it holds: one written before
+    SCST was asked for (train.rl_epochs raised after cross-entropy finished) has
+    no SCST optimizer, which then starts fresh; one written before decoder
+    types were recorded has no record (restore_checked takes it for a GRU's).
+    The run's next checkpoint holds both."""
+    names = weight_names(path)
+    has = lambda prefix: any(k.startswith(prefix + "/") for k in names)  # noqa: E731
+    rl_optimizer = trainer.rl_optimizer if has("rl_optimizer") else None
+    restore_checked(_checkpoint(trainer.decoder, trainer.optimizer, trainer.state,
+                                rl_optimizer, record=has(TYPE_KEY)), path)
 
 
 def _replica_step(trainer: Trainer, rl: bool = False):
@@ -219,10 +225,9 @@ def _replica_step(trainer: Trainer, rl: bool = False):
         # Drawn outside the tape: no gradient flows through a draw.
         tokens, advantage, real, stats = scst.sample_and_reward(
             decoder, features, references, trainer.reward, trainer.config, seed)
-        global_samples = scst.images_per_batch(trainer.config) * tc.rl_samples
         with tf.GradientTape() as tape:
-            loss, more = scst.policy_loss(decoder, features, tokens, advantage, real,
-                                          global_samples)
+            loss, more = scst.mixed_loss(decoder, features, references, tokens, advantage,
+                                         real, trainer.config)
             target = optimizer.scale_loss(loss) if scaled else loss
         return loss, {**stats, **more}, tape.gradient(target, decoder.trainable_variables)
 
@@ -477,10 +482,12 @@ def _progress(trainer: Trainer, phase: str, stats: dict, window: dict) -> dict:
     rate = window["tokens"] / (time.perf_counter() - window["start"])
     if phase == "rl":
         samples = max(float(stats["samples"]), 1.0)
-        return {"reward": float(stats["reward"]) / samples,
-                "baseline": float(stats["baseline"]) / samples,
-                "entropy": float(stats["entropy"]) / max(float(stats["tokens"]), 1.0),
-                "tokens/s": rate, "lr": trainer.config.train.rl_learning_rate}
+        shown = {"reward": float(stats["reward"]) / samples,
+                 "baseline": float(stats["baseline"]) / samples,
+                 "entropy": float(stats["entropy"]) / max(float(stats["tokens"]), 1.0)}
+        if "xent" in stats:  # train.rl_xent_weight: the references' loss per token
+            shown["loss"] = float(stats["xent"]) / max(float(stats["xent_tokens"]), 1.0)
+        return {**shown, "tokens/s": rate, "lr": trainer.config.train.rl_learning_rate}
     return {"loss": float(stats["xent"]) / max(float(stats["tokens"]), 1.0),
             "tokens/s": rate, "lr": float(trainer.optimizer.learning_rate)}
 
@@ -491,6 +498,8 @@ def _log_scalars(writer, step: int, phase: str, shown: dict, stats: dict, loss: 
         if phase == "rl":
             for key in ("reward", "baseline", "entropy"):
                 tf.summary.scalar(f"scst/{key}", shown[key])
+            if "loss" in shown:
+                tf.summary.scalar("scst/cross_entropy_per_token", shown["loss"])
             tf.summary.scalar("scst/loss", loss)
         else:
             tf.summary.scalar("loss/cross_entropy_per_token", shown["loss"])

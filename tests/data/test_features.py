@@ -152,6 +152,33 @@ def test_cache_of_other_inputs_is_remade_not_mixed_in(config, caplog):
     assert len(cached_ids(out)) == again["count"] == 10
 
 
+def first_grid(cache_split_dir: str, shard: str) -> np.ndarray:
+    record = next(iter(tf.data.TFRecordDataset(os.path.join(cache_split_dir, shard))))
+    row = tf.io.parse_single_example(record, {"features": tf.io.FixedLenFeature([], tf.string)})
+    return np.frombuffer(row["features"].numpy(), np.float16)
+
+
+def test_resnet50_and_resnet101_caches_are_told_apart(config):
+    """Same grid shape, weights id ("random:0") and input size: only the backbone's
+    name tells the two caches apart, and the second is made anew, not reused."""
+    out = features.split_dir(config.features.cache_dir, "train")
+    # 10 images in full batches: one trace of each (deep) forward pass, not two.
+    config.features.backbone, config.features.batch_size = "resnet50", 5
+    first = features.extract(config, "train")
+    grid50 = first_grid(out, first["shards"][0])
+    config.features.backbone = "resnet101"
+    second = features.extract(config, "train")
+    assert (first["backbone"], second["backbone"]) == ("resnet50", "resnet101")
+    assert first["grid_shape"] == second["grid_shape"] == [2, 2, 2048]
+    assert first["weights"] == second["weights"] and first["input_size"] == second["input_size"]
+    assert first["fingerprint"] != second["fingerprint"]
+    assert shard_files(out) == set(second["shards"]) and not set(first["shards"]) & set(
+        second["shards"])
+    grid101 = first_grid(out, second["shards"][0])
+    assert grid50.shape == grid101.shape and np.abs(grid50 - grid101).max() > 1e-2
+    assert np.isfinite(grid101).all() and second["count"] == 10
+
+
 def test_changed_caption_text_remakes_the_cache(config):
     """Same images and ids, one caption edited: the records carry captions, so the
     cache is made again and holds the new text."""

@@ -5,8 +5,9 @@ import tensorflow as tf
 from tfcaption.models.attention import BahdanauAttention
 from tfcaption.models.captioner import caption_loss, target_mask
 from tfcaption.models.decoder import GRUDecoder
-
-VOCAB, LOCATIONS, CHANNELS = 30, 9, 16
+from tests.models.test_decoder_contract import (CHANNELS, LOCATIONS, VOCAB,
+                                                assert_gradients_of_a_loop_over_step,
+                                                assert_step_is_teacher_forcing, batch)
 
 
 def tiny_decoder(**kwargs) -> GRUDecoder:
@@ -15,18 +16,6 @@ def tiny_decoder(**kwargs) -> GRUDecoder:
     decoder = GRUDecoder(**{**args, **kwargs})
     decoder((tf.zeros([1, LOCATIONS, CHANNELS]), tf.zeros([1, 2], tf.int32)))
     return decoder
-
-
-def batch(seed=0, size=4, length=7):
-    rng = np.random.default_rng(seed)
-    features = tf.constant(rng.normal(size=(size, LOCATIONS, CHANNELS)) * 1e-3, tf.float32)
-    tokens = rng.integers(4, VOCAB, size=(size, length)).astype(np.int32)
-    tokens[:, 0] = 1  # <start>
-    ends = [length - 1, 3, 4, length - 2][:size]
-    for row, end in enumerate(ends):
-        tokens[row, end] = 2  # <end>
-        tokens[row, end + 1:] = 0
-    return features, tf.constant(tokens)
 
 
 def test_attention_sums_to_one_over_locations():
@@ -45,17 +34,10 @@ VARIANTS = {
 }
 
 
+# The contract (tests/models/test_decoder_contract.py) on the GRU's projection variants.
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_step_matches_teacher_forcing_and_has_static_contract(variant):
-    decoder = tiny_decoder(**VARIANTS[variant])
-    features, tokens = batch()
-    logits, alphas = decoder.teacher_forced(features, tokens)
-    values, keys, state = decoder.encode(features)
-    for t in range(tokens.shape[1] - 1):
-        step_logits, state, alpha = decoder.step(tokens[:, t], state, values, keys)
-        np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-5)
-        np.testing.assert_allclose(alpha.numpy(), alphas[:, t].numpy(), atol=1e-6)
-    assert logits.dtype == tf.float32 and logits.shape == (4, tokens.shape[1] - 1, VOCAB)
+    assert_step_is_teacher_forcing(tiny_decoder(**VARIANTS[variant]))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -63,31 +45,7 @@ def test_teacher_forcing_has_the_gradients_of_a_loop_over_step(variant):
     """teacher_forced takes the values' gradient out of its loop (_context_taps):
     every weight's gradient must still be the one of T-1 calls of `step`,
     eager and under XLA."""
-    decoder = tiny_decoder(**VARIANTS[variant])
-    features, tokens = batch()
-    weights = tf.random.normal([4, tokens.shape[1] - 1, VOCAB], seed=1)
-
-    def looped():
-        with tf.GradientTape() as tape:
-            values, keys, state = decoder.encode(features)
-            total = 0.0
-            for t in range(tokens.shape[1] - 1):
-                logits, state, alpha = decoder.step(tokens[:, t], state, values, keys)
-                total += tf.reduce_sum(logits * weights[:, t]) + tf.reduce_sum(alpha ** 2)
-        return tape.gradient(total, decoder.trainable_variables)
-
-    def forced():
-        with tf.GradientTape() as tape:
-            logits, alphas = decoder.teacher_forced(features, tokens)
-            total = tf.reduce_sum(logits * weights) + tf.reduce_sum(alphas ** 2)
-        return tape.gradient(total, decoder.trainable_variables)
-
-    expected = looped()
-    for grads in (forced(), tf.function(forced, jit_compile=True)()):
-        for var, a, b in zip(decoder.trainable_variables, expected, grads):
-            np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(),
-                                       tf.convert_to_tensor(a).numpy(), rtol=1e-4, atol=1e-6,
-                                       err_msg=var.path)
+    assert_gradients_of_a_loop_over_step(tiny_decoder(**VARIANTS[variant]), xla=True)
 
 
 def test_mask_counts_up_to_and_including_end():

@@ -1,61 +1,34 @@
-"""The transformer decoder: its word cache, its causal mask, the searches over
-it, training, XLA and the SavedModel. (What every decoder must do alike lives
-with the decoder contract's tests.)"""
+"""The transformer decoder's own tests: its word cache (read and written at t
+only), XLA, training (a step, and a tiny run end to end), mixed precision, the
+config, checkpoint completeness.
+What every decoder must do alike (step = teacher forcing, gradients, the
+searches, the SavedModel, TFLite, checkpoint types) is tested with the decoder
+contract (test_decoder_contract.py)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption import decoding, tflite_export
-from tfcaption.checkpoints import restore_checked, weight_names
+from tfcaption import decoding, training
+from tfcaption.checkpoints import restore_checked, restore_decoder, type_record, weight_names
 from tfcaption.config import ModelConfig, RunConfig
-from tfcaption.models.backbones import build_backbone
-from tfcaption.models.build import build_decoder, dtype_policy
+from tfcaption.models.build import build_decoder, check_model, dtype_policy
 from tfcaption.models.captioner import caption_loss
 from tfcaption.models.transformer import TransformerDecoder
-from tests.models.test_decoder import CHANNELS, LOCATIONS, VOCAB, batch
-from tests.test_decoding import python_greedy
-from tests.test_export import assert_same_outputs, eager_outputs, fresh_report, trained_export
+from tests.models.test_decoder_contract import CHANNELS, LOCATIONS, VOCAB, batch
+from tests.test_training import cached, tiny_run  # noqa: F401 (a fixture)
 
 UNITS, LAYERS, HEADS, MAX_LEN = 8, 2, 2, 9
 
 
 def tiny_transformer(seed=0, **kwargs) -> TransformerDecoder:
-    # Seeded: the searches' tests below need a model whose beam and greedy differ.
+    # Seeded: the same weights in every test.
     tf.keras.utils.set_random_seed(seed)
     args = dict(vocab_size=VOCAB, units=UNITS, num_layers=LAYERS, heads=HEADS, feature_dim=8,
                 dropout=0.0)
     decoder = TransformerDecoder(**{**args, **kwargs})
     decoder((tf.zeros([1, LOCATIONS, CHANNELS]), tf.zeros([1, 2], tf.int32)))
     return decoder
-
-
-def stepped(decoder, features, tokens, max_len=MAX_LEN):
-    """A Python loop over step from encode's empty cache -> logits (batch, T-1,
-    vocab), alphas (batch, T-1, locations), the last state."""
-    values, keys, state = decoder.encode(features, max_len=max_len)
-    logits, alphas = [], []
-    for t in range(tokens.shape[1] - 1):
-        step_logits, state, alpha = decoder.step(tokens[:, t], state, values, keys)
-        logits.append(step_logits)
-        alphas.append(alpha)
-    return tf.stack(logits, 1), tf.stack(alphas, 1), state
-
-
-def test_step_with_its_cache_equals_teacher_forcing():
-    """Word by word through the cache = all words at once under the causal mask.
-    A cache written at the wrong position, or a mask that lets a word see a
-    later one (in either path), breaks the equality."""
-    decoder = tiny_transformer()
-    features, tokens = batch()
-    logits, alphas = decoder.teacher_forced(features, tokens)
-    step_logits, step_alphas, _ = stepped(decoder, features, tokens)
-    np.testing.assert_allclose(step_logits.numpy(), logits.numpy(), atol=1e-5)
-    np.testing.assert_allclose(step_alphas.numpy(), alphas.numpy(), atol=1e-6)
-    assert logits.dtype == alphas.dtype == tf.float32
-    assert logits.shape == (4, tokens.shape[1] - 1, VOCAB)
-    # The attention map is a distribution over the grid's locations.
-    np.testing.assert_allclose(alphas.numpy().sum(-1), 1.0, rtol=1e-5)
 
 
 def test_the_step_reads_earlier_words_from_the_cache_and_nothing_else():
@@ -110,30 +83,6 @@ def test_grouped_captions_equal_repeated_images_under_xla():
                                    tf.convert_to_tensor(a).numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_searches_over_the_cache():
-    """Greedy = a Python loop over step and argmax; sampling at temperature 0 =
-    greedy; beam 3 never scores below greedy, and where it scores above, it
-    found another caption; diverse beam search runs over the same state."""
-    decoder = tiny_transformer()
-    features, _ = batch(size=4)
-    tokens, lengths, scores, attention = decoding.greedy(decoder, features, MAX_LEN)
-    np.testing.assert_array_equal(tokens.numpy(), python_greedy(decoder, features, MAX_LEN))
-    for n, att in zip(lengths.numpy(), attention.numpy()):
-        np.testing.assert_allclose(att[:n].sum(-1), 1.0, rtol=1e-5)
-    cold = decoding.sample(decoder, features, 2, MAX_LEN, temperature=0.0)
-    np.testing.assert_array_equal(cold[0].numpy(), np.repeat(tokens.numpy()[:, None], 2, 1))
-
-    beam_tokens, _, beam_scores, _ = decoding.beam(decoder, features, 3, MAX_LEN)
-    assert (beam_scores.numpy() >= scores.numpy() - 1e-5).all()
-    better = beam_scores.numpy() > scores.numpy() + 1e-4
-    assert better.any()  # the seeded model has a row where beam search wins
-    for row in np.flatnonzero(better):
-        assert beam_tokens.numpy()[row].tolist() != tokens.numpy()[row].tolist()
-
-    diverse = decoding.diverse_beam(decoder, features, 4, 2, 1.0, MAX_LEN)
-    assert diverse[0].shape == (4, 4, MAX_LEN)
-
-
 def test_searches_compile_with_xla_and_give_the_eager_tokens():
     decoder = tiny_transformer()
     features, _ = batch(size=3)
@@ -186,9 +135,9 @@ def test_built_from_the_config_and_round_trips():
     assert isinstance(decoder, TransformerDecoder) and len(decoder.blocks) == 2
     clone = TransformerDecoder.from_config(decoder.get_config())
     assert (clone.units, clone.num_layers, clone.heads) == (8, 2, 2)
-    config.model.decoder = "lstmm"
-    with pytest.raises(ValueError, match="model.decoder"):
-        build_decoder(config, VOCAB, (3, 3, CHANNELS))
+    config.model.heads = 3  # refused before anything is built (check_config calls it)
+    with pytest.raises(ValueError, match="multiple of model.heads"):
+        check_model(config.model)
     with pytest.raises(ValueError, match="multiple of heads"):
         TransformerDecoder(VOCAB, units=8, heads=3)
     values, keys, state = decoder.encode(tf.zeros([1, LOCATIONS, CHANNELS]))
@@ -200,7 +149,8 @@ def test_a_checkpoint_saves_and_restores_every_weight(tmp_path):
     """Keras 3 hides a list of layers from tf.train.Checkpoint (its blocks would
     be neither saved nor restored, and restore_checked would not notice)."""
     decoder = tiny_transformer()
-    path = tf.train.Checkpoint(decoder=decoder).save(str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(decoder=decoder, **type_record(decoder)).save(
+        str(tmp_path / "ckpt"))
     saved = [k for k in weight_names(path) if k.startswith("decoder/")]
     assert len(saved) == len(decoder.weights)
     other = tiny_transformer(seed=1)
@@ -209,41 +159,12 @@ def test_a_checkpoint_saves_and_restores_every_weight(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
-def test_tflite_greedy_gives_the_eager_captions():
-    """Its loop converts to TFLite builtins (the cache writes are selects)."""
-    backbone = build_backbone("squeezenet", weights="random", input_size=64, seed=0)
-    h, w, c = backbone.grid_shape
-    decoder = build_decoder(tiny_config(), VOCAB, backbone.grid_shape)
-    rng = np.random.default_rng(0)
-    for v in decoder.weights:  # far from uniform: captions without near-ties
-        v.assign(rng.normal(0.0, 0.5, v.shape).astype(np.float32))
-    images = rng.integers(0, 255, (3, 64, 64, 3)).astype(np.uint8)
-    found = tflite_export.run(tflite_export.convert(
-        tflite_export.greedy_function(backbone, decoder, MAX_LEN, 3)), images)
-    grid = tf.reshape(backbone(backbone.normalize(tf.constant(images))), [-1, h * w, c])
-    tokens, _, scores, attention = decoding.greedy(decoder, grid, MAX_LEN, 3)
-    np.testing.assert_array_equal(found["tokens"], tokens.numpy())
-    np.testing.assert_allclose(found["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(found["attention"].reshape(attention.shape), attention.numpy(),
-                               atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    # At the GRU's 1e-3 its 14 steps leave a unigram model: every caption "<end>".
-    return trained_export(tmp_path_factory.mktemp("export"), greedy=False,
-                          train={"learning_rate": 3e-3}, decoder="transformer", heads=2)
-
-
-def test_saved_model_in_a_fresh_process_gives_the_eager_tokens(exported, tmp_path_factory):
-    """Trained, exported, reloaded where tfcaption cannot be imported: the beam,
-    greedy, features and sampling signatures give what the eager decoder gives."""
-    eager = eager_outputs(exported)
-    fresh = fresh_report(exported, eager, tmp_path_factory.mktemp("fresh"))
-    assert fresh["tfcaption_importable"] is False
-    served = fresh["beam"]
-    assert_same_outputs(served["serving_default"], eager.beam)
-    assert_same_outputs(served["greedy"], eager.greedy)
-    assert_same_outputs(served["caption_features"], eager.beam)
-    assert served["sample"]["cold"]["tokens"] == [[row] * 3 for row in served["greedy"]["tokens"]]
-    assert any(eager.greedy["lengths"] > 1)  # not a test of empty captions
+def test_a_tiny_run_trains_validates_and_restores(cached):  # noqa: F811
+    """training.train end to end: the train step, validation's compiled greedy
+    search over the word cache, checkpoints that restore_decoder reads back."""
+    config = tiny_run(cached)
+    config.model = tiny_config().model
+    config.train.train_dir = str(cached / "transformer")
+    summary = training.train(config, progress=False)
+    assert summary["stopped"] == "complete" and summary["step"] == summary["total_steps"]
+    assert isinstance(restore_decoder(config)[0], TransformerDecoder)

@@ -1,4 +1,4 @@
-"""InceptionV3 / VGG16 / SqueezeNet: image preprocessing and the feature grid.
+"""InceptionV3 / VGG16 / ResNet-50/101 / SqueezeNet: preprocessing and the feature grid.
 
 A backbone maps a batch of preprocessed images (batch, size, size, 3) to a grid
 of feature vectors (batch, h, w, channels); the decoder attends over its h*w
@@ -15,17 +15,21 @@ attention there (see grid_geometry).
 `weights`:
   "random"    seeded He-uniform conv kernels (same seed, same features); He rather
               than Keras' Glorot default keeps the activation scale roughly
-              constant through the ReLU stacks, so random grids are not ~0.
-  "imagenet"  InceptionV3 / VGG16: Keras' own loading (reads ~/.keras/models/
-              first, else downloads). SqueezeNet (not in keras.applications):
-              $TFCAPTION_SQUEEZENET_WEIGHTS, then ~/.keras/models/<standard name>.
-  a path      an .h5 weights file (Keras' layout for InceptionV3 / VGG16; the old
-              Keras per-layer-group layout for SqueezeNet, loaded by layer name).
+              constant through the ReLU stacks, so random grids are not ~0
+              (ResNets: see _randomize for their residual branches).
+  "imagenet"  InceptionV3 / VGG16 / ResNets: Keras' own loading (reads
+              ~/.keras/models/ first, else downloads). SqueezeNet (not in
+              keras.applications): $TFCAPTION_SQUEEZENET_WEIGHTS, then
+              ~/.keras/models/<standard name>.
+  a path      an .h5 weights file (Keras' layout for the keras.applications
+              backbones; the old Keras per-layer-group layout for SqueezeNet,
+              loaded by layer name).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Callable
@@ -55,6 +59,17 @@ def _vgg16(size: int, weights) -> keras.Model:
     base = keras.applications.VGG16(include_top=False, weights=weights,
                                     input_shape=(size, size, 3))
     return keras.Model(base.input, base.get_layer("block5_conv3").output, name="vgg16_conv5_3")
+
+
+def _resnet(depth: int, size: int, weights) -> keras.Model:
+    """ResNet v1 (Keras' ResNet50 / ResNet101) up to conv5's last block: the
+    res5c grid later attention captioners use in place of VGG's conv5, 7x7x2048
+    at 224 px. Keras puts the stride-2 of conv3..conv5 on block 1's 1x1 convs
+    (Caffe's layout), so cell (0, 0) is centred on pixel 0, not 16 (see
+    grid_geometry); `layer` can pick conv4_block6_out (ResNet-50) or
+    conv4_block23_out (ResNet-101) for a 14x14x1024 grid."""
+    application = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101}[depth]
+    return application(include_top=False, weights=weights, input_shape=(size, size, 3))
 
 
 def _squeezenet(size: int, weights) -> keras.Model:
@@ -104,6 +119,14 @@ BACKBONES = {
     "vgg16": BackboneSpec(
         "vgg16", 224, (14, 14, 512), "caffe", 32,
         "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _vgg16),
+    # Keras' ResNet preprocess_input is caffe mode: BGR minus the same means.
+    "resnet50": BackboneSpec(
+        "resnet50", 224, (7, 7, 2048), "caffe", 32,
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", functools.partial(_resnet, 50)),
+    "resnet101": BackboneSpec(
+        "resnet101", 224, (7, 7, 2048), "caffe", 32,
+        "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        functools.partial(_resnet, 101)),
     "squeezenet": BackboneSpec(
         "squeezenet", 224, (13, 13, 512), "caffe", 32,
         "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5", _squeezenet),
@@ -273,13 +296,41 @@ def load_h5_by_layer_name(model: keras.Model, path: str) -> None:
 def _randomize(model: keras.Model, seed: int) -> None:
     """He-uniform conv kernels from one numpy generator: deterministic per seed and
     independent of Keras' global random state. Biases and batch-norm stay at their
-    constant initial values."""
+    constant initial values.
+
+    Residual nets: the conv ending each residual branch is then scaled by
+    1 / sqrt(L), L the number of residual additions. Unscaled, every x + f(x)
+    doubles the variance: random ResNet-50's conv5 grid reached ~3e5 on a
+    224 px photo and ResNet-101's ~5e8, beyond float16's 65504: the feature
+    cache would hold inf. Scaled, L additions multiply the variance by at most
+    (1 + 1/L)^L < e (conv5 stays below ~1e3). Backbones without additions
+    (InceptionV3, VGG16, SqueezeNet) are untouched by this.
+    """
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, layers.Conv2D):
             shape = tuple(layer.kernel.shape)
             limit = np.sqrt(6.0 / np.prod(shape[:-1]))
             layer.kernel.assign(rng.uniform(-limit, limit, shape).astype(np.float32))
+    ends = _residual_branch_ends(model)
+    for layer in ends:
+        layer.kernel.assign(layer.kernel.numpy() / np.sqrt(len(ends)))
+
+
+def _residual_branch_ends(model: keras.Model) -> list:
+    """The Conv2D feeding (through batch-norm) the last input of each Add: Keras'
+    ResNets add [shortcut, branch], so this is the branch, and a block 1's
+    projection shortcut (also a conv) keeps its He scale."""
+    producer = {id(layer.output): layer for layer in model.layers}
+    ends = []
+    for layer in model.layers:
+        if isinstance(layer, layers.Add):
+            source = producer.get(id(layer.input[-1]))
+            while isinstance(source, layers.BatchNormalization):
+                source = producer.get(id(source.input))
+            if isinstance(source, layers.Conv2D):
+                ends.append(source)
+    return ends
 
 
 def _keras_models_dir() -> str:

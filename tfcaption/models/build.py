@@ -7,13 +7,36 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from tfcaption.config import RunConfig
+from tfcaption.config import ModelConfig, RunConfig
 from tfcaption.models.decoder import GRUDecoder
+from tfcaption.models.lstm import LSTMDecoder
 from tfcaption.models.transformer import TransformerDecoder
 
-# config.model.decoder -> the class; each has from_config_dataclass and the
-# encode / step / teacher_forced contract that training and decoding call.
-DECODERS = {"gru": GRUDecoder, "transformer": TransformerDecoder}
+# config.model.decoder -> the class. Every one has the same protocol: encode
+# (features, training, max_len), step, teacher_forced, project, vocab_size,
+# from_config_dataclass (tests/models/test_decoder_contract.py).
+DECODERS = {"gru": GRUDecoder, "lstm": LSTMDecoder, "transformer": TransformerDecoder}
+
+
+def check_model(model: ModelConfig) -> None:
+    """Refuses a decoder type that does not exist, or sizes that cannot be built."""
+    if model.decoder not in DECODERS:
+        raise ValueError(f"model.decoder={model.decoder!r} is not a decoder; choose one of "
+                         f"{', '.join(DECODERS)}")
+    if model.layers < 1 or model.heads < 1:
+        raise ValueError(f"model.layers ({model.layers}) and model.heads ({model.heads}) "
+                         "must be >= 1")
+    if model.decoder == "transformer" and (model.units % model.heads or model.units % 2):
+        raise ValueError(f"model.units ({model.units}) must be even and a multiple of "
+                         f"model.heads ({model.heads}) for the transformer")
+
+
+def decoder_type(decoder) -> str:
+    """The config.model.decoder name of a built decoder (what its checkpoints record)."""
+    for name, cls in DECODERS.items():
+        if type(decoder) is cls:
+            return name
+    raise TypeError(f"{type(decoder).__name__} is not in models.build.DECODERS")
 
 
 @contextlib.contextmanager
@@ -27,14 +50,13 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(before)
 
 
-def build_decoder(config: RunConfig, vocab_size: int, grid_shape) -> keras.Model:
-    """A decoder with its variables created (so checkpoints restore into them)."""
-    name = config.model.decoder
-    if name not in DECODERS:
-        raise ValueError(f"model.decoder must be one of {', '.join(DECODERS)}, not {name!r}")
+def build_decoder(config: RunConfig, vocab_size: int, grid_shape):
+    """A decoder of type config.model.decoder with its variables created (so
+    checkpoints restore into them)."""
+    check_model(config.model)
     with dtype_policy(config.train.mixed_precision):
-        decoder = DECODERS[name].from_config_dataclass(config.model, vocab_size,
-                                                       grid_shape=grid_shape)
+        decoder = DECODERS[config.model.decoder].from_config_dataclass(
+            config.model, vocab_size, grid_shape=grid_shape)
     h, w, c = grid_shape
     decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
     return decoder

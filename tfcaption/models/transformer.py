@@ -1,6 +1,7 @@
-"""The transformer decoder: the GRU decoder's contract (encode, step,
-teacher_forced) over N pre-norm blocks of masked self-attention over the words,
-cross-attention over the feature grid and a feed-forward layer.
+"""The transformer decoder: the contract every decoder keeps (encode, step,
+teacher_forced; tests/models/test_decoder_contract.py) over N pre-norm blocks
+of masked self-attention over the words, cross-attention over the feature grid
+and a feed-forward layer.
 
 Sizes: d_model is `units` (ModelConfig.units), the word embeddings and every
 block's width; the feed-forward layer is 4 d_model wide; `feature_dim` is the
@@ -13,7 +14,7 @@ the position t (batch,). A step embeds the one new word, writes its key and
 value at t and attends over positions <= t; the words before it are never run
 again (the step is not given them: only the cache holds them). Every part of
 the state has the batch on axis 0, so the searches repeat it for beams and
-samples and regroup it after a beam step as they do the GRU's state.
+samples and regroup it after a beam step as they do a recurrent state.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ import keras
 import tensorflow as tf
 
 from tfcaption.config import ModelConfig
-from tfcaption.models.attention import LocationEmbedding
-from tfcaption.models.projection import feature_layers, project_features
+from tfcaption.models.projection import FeatureProjection
 
 NEG = -1e9  # a masked score: exp() gives exactly 0, and no inf - inf = NaN
 
@@ -131,9 +131,9 @@ class DecoderBlock(keras.layers.Layer):
                 "dropout": self.dropout_rate}
 
 
-class TransformerDecoder(keras.Model):
-    """Feature projection + location embedding, N pre-norm decoder blocks, final
-    LayerNorm, float32 vocabulary projection.
+class TransformerDecoder(FeatureProjection, keras.Model):
+    """Feature projection (projection.FeatureProjection) + location embedding,
+    N pre-norm decoder blocks, final LayerNorm, float32 vocabulary projection.
 
     Shapes: features (batch, locations, channels); tokens int32; values and keys
     (batch, layers, locations, units): every block's cross-attention values and
@@ -149,14 +149,10 @@ class TransformerDecoder(keras.Model):
             raise ValueError(f"units {units} must be even and a multiple of heads {heads}")
         self.vocab_size, self.units, self.num_layers, self.heads = (vocab_size, units,
                                                                    num_layers, heads)
-        self.feature_dim, self.dropout_rate = feature_dim, dropout
-        self.feature_kernel = feature_kernel
-        self.grid_shape = tuple(grid_shape[:2]) if grid_shape else None
-        self.feature_norm, self.feature_proj = feature_layers(feature_dim, feature_kernel,
-                                                              grid_shape)
-        # Always on: attention over the grid is blind to where a cell is, and
-        # captions say "left of".
-        self.positions = LocationEmbedding(name="positions")
+        self.dropout_rate = dropout
+        # The location embedding is always on: attention over the grid is blind
+        # to where a cell is, and captions say "left of".
+        self._init_projection(feature_dim, True, feature_kernel, grid_shape)
         # N(0, 1/units) scaled by sqrt(units) below: unit-sized entries, the
         # scale of the sinusoids they are added to.
         self.embedding = keras.layers.Embedding(
@@ -188,9 +184,7 @@ class TransformerDecoder(keras.Model):
         """features (batch, locations, channels) -> values, keys (batch, layers,
         locations, units), state: an empty cache for max_len steps (see the class
         docstring), or {} without max_len (teacher forcing needs none)."""
-        grid = project_features(features, self.feature_norm, self.feature_proj,
-                                self.feature_kernel, self.grid_shape)
-        grid = self.drop(self.positions(grid), training=training)
+        grid = self.drop(self.positions(self.project_features(features)), training=training)
         keys, values = zip(*(block.memory(grid) for block in self.blocks))
         keys, values = tf.stack(keys, axis=1), tf.stack(values, axis=1)
         if max_len is None:

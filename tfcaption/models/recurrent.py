@@ -1,0 +1,180 @@
+"""Show, Attend and Tell around a recurrent cell: what the GRU and LSTM decoders share.
+
+Training (teacher forcing), greedy and beam decoding, the SavedModel and the
+attention plots all go through `encode` + `step` (or `advance` + `project`, the
+two halves of `step`), so there is one copy of the math. A subclass says only
+how its state starts, what attention is queried with, and how its cell moves;
+the state may be any nested structure (the searches carry it with tf.nest).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfcaption.config import ModelConfig
+from tfcaption.models.attention import BahdanauAttention
+from tfcaption.models.projection import FeatureProjection
+
+
+class RecurrentDecoder(FeatureProjection, keras.Model):
+    """Feature projection + Bahdanau attention queried with the hidden state h +
+    gating scalar + recurrent cell + deep output layer.
+
+    Shapes: features (batch, locations, channels) from the cache; tokens int32;
+    h (batch, units); alpha (batch, locations), float32.
+
+    Subclasses define `_init_state_layers`, `_make_cell`, `initial_state(mean)
+    -> state`, `hidden(state) -> h` and `recur(inputs, state, training) -> (h,
+    state)`.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, units: int = 512,
+                 attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
+                 gate: bool = True, init_from_features: bool = True,
+                 position_embedding: bool = False, feature_kernel: int = 1, grid_shape=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.attention_units = attention_units
+        self.dropout_rate = dropout
+        self.gate = gate
+        self.init_from_features = init_from_features
+        # The layers are made in this order on purpose: it is the order of
+        # trainable_variables, by which the optimizer's checkpointed slots are
+        # indexed, so GRU checkpoints from before this base class still resume.
+        self._init_projection(feature_dim, position_embedding, feature_kernel, grid_shape)
+        self.attention = BahdanauAttention(attention_units, name="attention")
+        self._init_state_layers()
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.cell = self._make_cell()
+        self.gate_layer = keras.layers.Dense(1, activation="sigmoid", name="gate") if gate else None
+        # Deep output (Show, Attend and Tell eq. 7): L_o(E y + L_h h + L_z z).
+        self.out_h = keras.layers.Dense(embedding_dim, name="out_h")
+        self.out_z = keras.layers.Dense(embedding_dim, use_bias=False, name="out_z")
+        self.drop = keras.layers.Dropout(dropout)
+        self.logits_layer = keras.layers.Dense(vocab_size, name="logits", dtype="float32")
+
+    @classmethod
+    def from_config_dataclass(cls, cfg: ModelConfig, vocab_size: int, **kwargs):
+        return cls(vocab_size=vocab_size, embedding_dim=cfg.embedding_dim, units=cfg.units,
+                   attention_units=cfg.attention_units, feature_dim=cfg.feature_dim,
+                   dropout=cfg.dropout, gate=cfg.gate,
+                   init_from_features=cfg.init_from_features,
+                   position_embedding=cfg.position_embedding,
+                   feature_kernel=cfg.feature_kernel, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size,
+                "embedding_dim": self.embedding_dim, "units": self.units,
+                "attention_units": self.attention_units, "dropout": self.dropout_rate,
+                "gate": self.gate, "init_from_features": self.init_from_features,
+                **self._projection_config()}
+
+    def encode(self, features, training=False, max_len=None):
+        """features (batch, locations, channels) -> values (batch, locations, feature_dim),
+        keys (batch, locations, attention_units), the initial state.
+        max_len (the longest search, from decoding.decoder_step): unused, a
+        recurrent state does not grow with the caption (a transformer's word
+        cache does)."""
+        values = self.project_features(features)
+        if self.positions is not None:
+            values = self.positions(values)
+        values = self.drop(values, training=training)
+        keys = self.attention.keys(values)
+        mean = tf.reduce_mean(values, axis=1)
+        # Without the mean feature the first state is a learned constant (the
+        # layers' biases) and the image reaches the decoder only through attention.
+        return values, keys, self.initial_state(mean if self.init_from_features
+                                                else tf.zeros_like(mean))
+
+    def advance(self, token, state, values, keys, training=False, context_tap=None):
+        """One step up to, not including, the vocabulary projection.
+
+        token (batch,) int32 -> output (batch, embedding_dim), state, alpha (batch, locations).
+        context_tap: zeros (batch, channels) added to the context, through which
+        teacher_forced takes the context's gradient out of its loop.
+        """
+        query = self.hidden(state)
+        context, alpha = self.attention(values, keys, query)
+        if context_tap is not None:
+            context = context + context_tap
+        if self.gate_layer is not None:
+            context = context * self.gate_layer(query)
+        embedded = self.embedding(token)
+        h, state = self.recur(tf.concat([embedded, context], axis=-1), state, training)
+        output = embedded + self.out_h(h) + self.out_z(context)
+        return self.drop(output, training=training), state, alpha
+
+    def project(self, output):
+        """(..., embedding_dim) -> float32 logits (..., vocab_size)."""
+        return self.logits_layer(output)
+
+    def step(self, token, state, values, keys, training=False):
+        """The one step: token (batch,), state -> logits (batch, vocab) float32,
+        new state, alpha (batch, locations) float32."""
+        output, state, alpha = self.advance(token, state, values, keys, training=training)
+        return self.project(output), state, alpha
+
+    def teacher_forced(self, features, tokens, training=False):
+        """features (images, locations, channels), tokens (batch, T) ->
+        logits (batch, T-1, vocab) float32, alphas (batch, T-1, locations) float32.
+
+        batch = K * images: token rows i K .. i K + K - 1 are captions of image i
+        (K = 1: one row per image). Each image is encoded once, whatever K.
+        The loop over time is a tf.scan (one graph node whatever T is); the
+        vocabulary projection, the largest matmul, runs once over all steps.
+        """
+        values, keys, state = self.encode(features, training=training)
+        images, rows = features.shape[0], tokens.shape[0]
+        if images is None or rows is None or images != rows:
+            # A gather, not tf.repeat: its output shape stays static under XLA.
+            per_image = tf.shape(tokens)[0] // tf.shape(features)[0]
+            index = tf.range(tf.shape(tokens)[0]) // per_image
+            values, keys, state = tf.nest.map_structure(lambda x: tf.gather(x, index),
+                                                        (values, keys, state))
+        inputs = tf.transpose(tokens[:, :-1])  # time-major
+        steps, batch = tf.shape(inputs)[0], tf.shape(inputs)[1]
+        taps, alphas_seen = _context_taps(values, [steps, batch, values.shape[-1]])
+        frozen = tf.stop_gradient(values)
+
+        def one(carry, inputs):
+            _, state, _ = carry
+            token, tap = inputs
+            return self.advance(token, state, frozen, keys, training=training, context_tap=tap)
+
+        first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
+                 tf.zeros([batch, tf.shape(values)[1]], tf.float32))
+        outputs, _, alphas = tf.scan(one, (inputs, taps), initializer=first)
+        alphas_seen.append(alphas)
+        logits = self.project(tf.transpose(outputs, [1, 0, 2]))
+        return logits, tf.transpose(alphas, [1, 0, 2])
+
+    def call(self, inputs, training=False):
+        features, tokens = inputs
+        return self.teacher_forced(features, tokens, training=training)
+
+
+def _context_taps(values, shape):
+    """Zeros (steps, batch, channels) for the loop's contexts, and a list to put
+    the loop's alphas (steps, batch, locations) in.
+
+    The loop attends over constant (stop_gradient) values; a context's gradient
+    reaches its tap instead, and the taps' gradient turns all of them into the
+    values' gradient at once: sum_t alpha_t^T dcontext_t, one batched matmul
+    after the loop. Left to the loop's own backward pass, every iteration would
+    form that outer product (batch x locations x channels) and add it to a
+    running sum: ~20% of a demo train step.
+    """
+    alphas_seen: list = []
+
+    @tf.custom_gradient
+    def taps(values):
+        def gradient(d_taps):
+            alphas = tf.cast(alphas_seen[0], d_taps.dtype)
+            return tf.einsum("tbl,tbc->blc", alphas, d_taps)
+        return tf.zeros(shape, values.dtype), gradient
+
+    return taps(values), alphas_seen
