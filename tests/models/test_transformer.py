@@ -1,6 +1,6 @@
 """The transformer decoder's own tests: its word cache (read and written at t
 only), XLA, training (a step, and a tiny run end to end), mixed precision, the
-config, checkpoint completeness.
+config, checkpoint completeness and the build-time check of it.
 What every decoder must do alike (step = teacher forcing, gradients, the
 searches, the SavedModel, TFLite, checkpoint types) is tested with the decoder
 contract (test_decoder_contract.py)."""
@@ -12,9 +12,10 @@ import tensorflow as tf
 from tfcaption import decoding, training
 from tfcaption.checkpoints import restore_checked, restore_decoder, type_record, weight_names
 from tfcaption.config import ModelConfig, RunConfig
+from tfcaption.models import build
 from tfcaption.models.build import build_decoder, check_model, dtype_policy
 from tfcaption.models.captioner import caption_loss
-from tfcaption.models.transformer import TransformerDecoder
+from tfcaption.models.transformer import DecoderBlock, TransformerDecoder
 from tests.models.test_decoder_contract import CHANNELS, LOCATIONS, VOCAB, batch
 from tests.test_training import cached, tiny_run  # noqa: F401 (a fixture)
 
@@ -168,3 +169,23 @@ def test_a_tiny_run_trains_validates_and_restores(cached):  # noqa: F811
     summary = training.train(config, progress=False)
     assert summary["stopped"] == "complete" and summary["step"] == summary["total_steps"]
     assert isinstance(restore_decoder(config)[0], TransformerDecoder)
+
+
+class ListedBlocks(TransformerDecoder):
+    """Its blocks in a list, as the transformer first held them."""
+
+    def __init__(self, vocab_size, num_layers, **kwargs):
+        super().__init__(vocab_size, num_layers=0, **kwargs)
+        self.num_layers = num_layers
+        self.blocks = [DecoderBlock(self.units, self.heads, self.dropout_rate, name=f"block_{i}")
+                       for i in range(num_layers)]
+
+
+def test_a_decoder_whose_checkpoint_would_miss_weights_is_not_built(monkeypatch):
+    """Keras 3 tracks a list of layers for `weights` but hides it from
+    tf.train.Checkpoint: build_decoder refuses such a decoder, naming the
+    weights a checkpoint would lose, rather than train what it cannot save."""
+    monkeypatch.setitem(build.DECODERS, "transformer", ListedBlocks)
+    with pytest.raises(TypeError, match=r"44 of its 54 weights would be missing from its "
+                                        r"checkpoints \(.*block_0/self_norm/gamma"):
+        build_decoder(tiny_config(), VOCAB, (3, 3, CHANNELS))

@@ -160,7 +160,7 @@ class TransformerDecoder(FeatureProjection, keras.Model):
             embeddings_initializer=keras.initializers.RandomNormal(stddev=units ** -0.5))
         # A tuple: Keras 3 tracks a list (or dict) of layers for its own weights
         # but hides it from tf.train.Checkpoint, which would then save and
-        # restore no block at all (tested).
+        # restore no block at all (build.check_checkpointed refuses that).
         self.blocks = tuple(DecoderBlock(units, heads, dropout, name=f"block_{i}")
                             for i in range(num_layers))
         self.final_norm = keras.layers.LayerNormalization(name="final_norm")
