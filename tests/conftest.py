@@ -24,8 +24,8 @@ SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kern
 # first: the two test processes take whole files in this order, and the short
 # ones then fill in, instead of one process finishing a long file alone.
 LONGEST_FIRST = ("test_resume.py", "test_scst.py", "test_storage.py", "test_export.py",
-                 "test_training.py", "test_runner.py", "test_evaluation.py", "test_tflite.py",
-                 "test_precision.py")
+                 "test_decoder_contract.py", "test_training.py", "test_runner.py",
+                 "test_evaluation.py", "test_tflite.py", "test_precision.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -11,7 +11,7 @@ from tests.models.test_decoder import batch, tiny_decoder
 
 def python_greedy(decoder, features, max_len):
     """A reference loop in plain Python over decoder.step."""
-    values, keys, state = decoder.encode(features)
+    values, keys, state = decoder.encode(features, max_len=max_len)
     token = tf.fill([features.shape[0]], START_ID)
     rows = []
     for _ in range(max_len):
@@ -79,7 +79,7 @@ class TableDecoder:
         self.table = tf.constant(np.log(probabilities), tf.float32)
         self.vocab_size = probabilities.shape[0]
 
-    def encode(self, features, training=False):
+    def encode(self, features, training=False, max_len=None):
         return features, features, tf.fill([tf.shape(features)[0]], START_ID)
 
     def step(self, token, state, values, keys, training=False):

@@ -91,11 +91,16 @@ class PipelineConfig:
 class ModelConfig:
     """The decoder: its type and sizes.
 
-    decoder: a name in tfcaption.models.build.DECODERS: "gru" (GRUDecoder) or
-        "lstm" (LSTMDecoder, Show, Attend and Tell's own). A checkpoint
-        restores only into the type it was trained with.
-    layers, heads: the Transformer decoder's depth and attention heads; the
-        recurrent decoders ignore them.
+    decoder: a name in tfcaption.models.build.DECODERS. A checkpoint restores
+        only into the type it was trained with. What each reads:
+      - "gru" (GRUDecoder, the default) and "lstm" (LSTMDecoder, Show, Attend
+        and Tell's own): every field below but layers and heads.
+      - "transformer" (TransformerDecoder): units (its d_model: the word
+        embeddings and every block's width), layers, heads (units must be a
+        multiple of heads), feature_dim, dropout, feature_kernel. It ignores
+        embedding_dim, attention_units, gate, init_from_features and
+        position_embedding (its location embedding is always on).
+    layers, heads: the transformer's blocks and attention heads per block.
     """
 
     decoder: str = "gru"

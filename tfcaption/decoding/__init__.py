@@ -27,11 +27,13 @@ __all__ = ["NEVER_EMITTED", "beam", "beam_search", "decode_settings", "decoder_s
            "sampled_settings", "sampler"]
 
 
-def decoder_step(decoder, features, repeat=1):
+def decoder_step(decoder, features, repeat=1, max_len=None):
     """-> (step, initial_state) for `decoder` on features (batch, locations, channels),
     each image repeated `repeat` times in a row (the beams or samples of one image).
-    `repeat` may be a scalar tensor (outside XLA)."""
-    values, keys, state = decoder.encode(features, training=False)
+    `repeat` may be a scalar tensor (outside XLA). max_len: the most steps the
+    search takes, for a decoder whose state holds a buffer per step (the
+    transformer's cache of the words so far); None where the caller does not know."""
+    values, keys, state = decoder.encode(features, training=False, max_len=max_len)
     if not (isinstance(repeat, int) and repeat == 1):
         # The repeats are made once, before the loop: the step reads them in place.
         values, keys, state = tf.nest.map_structure(
@@ -47,7 +49,7 @@ def greedy(decoder, features, max_len: int, no_repeat_ngram: int = 0):
     """Greedy captions of features (batch, locations, channels) -> tokens (batch,
     max_len), lengths (batch,), scores (batch,), attention (batch, max_len,
     locations); see greedy_search."""
-    step, state = decoder_step(decoder, features)
+    step, state = decoder_step(decoder, features, max_len=max_len)
     return greedy_search(step, state, tf.shape(features)[0], max_len, decoder.vocab_size,
                          tf.shape(features)[1], no_repeat_ngram=no_repeat_ngram)
 
@@ -77,7 +79,7 @@ def diverse_beam(decoder, features, beam_size: int, groups: int, diversity_penal
 
 def _beams(decoder, features, beam_size, max_len, length_penalty, groups=1,
            diversity_penalty=0.0, no_repeat_ngram=0):
-    step, state = decoder_step(decoder, features, repeat=beam_size)
+    step, state = decoder_step(decoder, features, repeat=beam_size, max_len=max_len)
     return beam_search(step, state, tf.shape(features)[0], beam_size, max_len,
                        decoder.vocab_size, tf.shape(features)[1], length_penalty, groups,
                        diversity_penalty, no_repeat_ngram)
@@ -95,7 +97,7 @@ def sample(decoder, features, num_captions, max_len: int, temperature, top_k=0, 
     an int64 pair). A row's noise depends on its place in the batch.
     """
     batch, locations = tf.shape(features)[0], tf.shape(features)[1]
-    step, state = decoder_step(decoder, features, repeat=num_captions)
+    step, state = decoder_step(decoder, features, repeat=num_captions, max_len=max_len)
     found = greedy_search(step, state, batch * num_captions, max_len, decoder.vocab_size,
                           locations, sampler(temperature, top_k, top_p, seed), no_repeat_ngram)
     return tuple(tf.reshape(x, tf.concat([[batch, num_captions], tf.shape(x)[1:]], 0))

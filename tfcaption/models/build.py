@@ -10,10 +10,12 @@ import tensorflow as tf
 from tfcaption.config import ModelConfig, RunConfig
 from tfcaption.models.decoder import GRUDecoder
 from tfcaption.models.lstm import LSTMDecoder
+from tfcaption.models.transformer import TransformerDecoder
 
-# config.model.decoder -> the class. Every one has the same protocol: encode,
-# step (advance + project), teacher_forced, vocab_size, from_config_dataclass.
-DECODERS = {"gru": GRUDecoder, "lstm": LSTMDecoder}
+# config.model.decoder -> the class. Every one has the same protocol: encode
+# (features, training, max_len), step, teacher_forced, project, vocab_size,
+# from_config_dataclass (tests/models/test_decoder_contract.py).
+DECODERS = {"gru": GRUDecoder, "lstm": LSTMDecoder, "transformer": TransformerDecoder}
 
 
 def check_model(model: ModelConfig) -> None:
@@ -24,6 +26,9 @@ def check_model(model: ModelConfig) -> None:
     if model.layers < 1 or model.heads < 1:
         raise ValueError(f"model.layers ({model.layers}) and model.heads ({model.heads}) "
                          "must be >= 1")
+    if model.decoder == "transformer" and (model.units % model.heads or model.units % 2):
+        raise ValueError(f"model.units ({model.units}) must be even and a multiple of "
+                         f"model.heads ({model.heads}) for the transformer")
 
 
 def decoder_type(decoder) -> str:
@@ -32,6 +37,27 @@ def decoder_type(decoder) -> str:
         if type(decoder) is cls:
             return name
     raise TypeError(f"{type(decoder).__name__} is not in models.build.DECODERS")
+
+
+def check_checkpointed(decoder) -> None:
+    """Raises when one of decoder's weights is out of reach of
+    tf.train.Checkpoint(decoder=decoder): a checkpoint would neither save nor
+    restore it, and restore_checked could not tell (it compares the
+    checkpoint with what the checkpoint can see). Keras 3 does this to layers
+    held in a list or dict attribute: it tracks them for `weights` but hides
+    them from tf.train.Checkpoint; hold them in a tuple or as attributes.
+
+    A walk over the checkpoint's object graph, no file written (~1 ms).
+    """
+    checkpoint = tf.train.Checkpoint(decoder=decoder)  # TrackableView keeps a weakref
+    reachable = {id(x) for x in tf.train.TrackableView(checkpoint).descendants()}
+    missing = [w.path for w in decoder.weights if id(w) not in reachable]
+    if missing:
+        names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise TypeError(f"{type(decoder).__name__}: {len(missing)} of its "
+                        f"{len(decoder.weights)} weights would be missing from its "
+                        f"checkpoints ({names}): layers held in a list or dict are hidden "
+                        "from tf.train.Checkpoint; hold them in a tuple")
 
 
 @contextlib.contextmanager
@@ -47,11 +73,12 @@ def dtype_policy(name: str):
 
 def build_decoder(config: RunConfig, vocab_size: int, grid_shape):
     """A decoder of type config.model.decoder with its variables created (so
-    checkpoints restore into them)."""
+    checkpoints restore into them), every one of them checkpointed."""
     check_model(config.model)
     with dtype_policy(config.train.mixed_precision):
         decoder = DECODERS[config.model.decoder].from_config_dataclass(
             config.model, vocab_size, grid_shape=grid_shape)
     h, w, c = grid_shape
     decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
+    check_checkpointed(decoder)
     return decoder

@@ -9,7 +9,8 @@ from tfcaption.models.attention import LocationEmbedding
 
 
 class FeatureProjection:
-    """A mixin for a keras.Model decoder: feature_norm, feature_proj and the
+    """A mixin for a keras.Model decoder (RecurrentDecoder, TransformerDecoder,
+    each calling _init_projection first): feature_norm, feature_proj and the
     optional location table, set as the decoder's own attributes (not a layer
     of their own), so their checkpoint keys stay decoder/feature_norm/... as
     they were before decoders shared them.

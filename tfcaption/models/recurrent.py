@@ -73,9 +73,12 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                 "gate": self.gate, "init_from_features": self.init_from_features,
                 **self._projection_config()}
 
-    def encode(self, features, training=False):
+    def encode(self, features, training=False, max_len=None):
         """features (batch, locations, channels) -> values (batch, locations, feature_dim),
-        keys (batch, locations, attention_units), the initial state."""
+        keys (batch, locations, attention_units), the initial state.
+        max_len (the longest search, from decoding.decoder_step): unused, a
+        recurrent state does not grow with the caption (a transformer's word
+        cache does)."""
         values = self.project_features(features)
         if self.positions is not None:
             values = self.positions(values)
