@@ -3,11 +3,12 @@ the bare backbone.
 
     .venv/bin/python bench/serving.py [--backbone squeezenet|inception_v3|vgg16]
         [--pipeline pipelines/flickr8k_squeezenet.py] [--images DIR] [--max-len 18]
+        [--decoders gru,lstm,transformer]
 
 A random-weight backbone (SqueezeNet by default: 224 px, 13x13x512 grid) and an
 untrained decoder sized as the pipeline file says (the Flickr8k SqueezeNet run by
-default; vocabulary 3000) are exported twice,
-greedy and beam 3, with `export.CaptionModule` and `tf.saved_model.save`, then
+default; vocabulary 3000), once per decoder type (model.decoder: a row each), are
+exported twice, greedy and beam 3, with `export.CaptionModule` and `tf.saved_model.save`, then
 reloaded with `tf.saved_model.load` (what TF Serving runs: no Python objects).
 Untrained weights change no FLOP count; they do change caption length, so the
 bias on <end> is bisected to give greedy captions of `--words` words on average
@@ -124,6 +125,8 @@ def main() -> int:
     parser.add_argument("--pipeline", default=str(pathlib.Path(__file__).resolve().parents[1]
                                                   / "pipelines" / "flickr8k_squeezenet.py"),
                         help="the decoder's sizes come from this pipeline's model config")
+    parser.add_argument("--decoders", default="gru,lstm,transformer",
+                        help="model.decoder types, a row each")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -151,27 +154,37 @@ def main() -> int:
                                   for b in blobs[i:i + args.batch]])
                         for i in range(0, len(blobs), args.batch)]
         forward = tf.function(lambda x: backbone(x))
-        end_bias = calibrate_end_bias(build_module(backbone, sizes, vocab_path, 1, 0.0,
-                                                   args.max_len),
-                                      forward(preprocessed[0]), args.words)
-        modules = {name: build_module(backbone, sizes, vocab_path, k, end_bias, args.max_len)
-                   for name, k in (("greedy", 1), ("beam3", 3))}
-        signatures = {name: save_and_load(module, os.path.join(tmp, name))
+        modules, model_fns = {}, {}
+        for decoder in args.decoders.split(","):
+            # The same sizes for each type; each gets its own <end> bias, so
+            # every decoder's captions have the same mean length.
+            typed = dataclasses.replace(sizes, decoder=decoder)
+            end_bias = calibrate_end_bias(build_module(backbone, typed, vocab_path, 1, 0.0,
+                                                       args.max_len),
+                                          forward(preprocessed[0]), args.words)
+            for name, k in (("greedy", 1), ("beam3", 3)):
+                modules[f"{decoder} {name}"] = build_module(backbone, typed, vocab_path, k,
+                                                            end_bias, args.max_len)
+            # The model's own compute, in this process: backbone + greedy search.
+            greedy = modules[f"{decoder} greedy"]
+            model_fns[decoder] = tf.function(
+                lambda x, m=greedy: m._caption_features(backbone(x), 1))
+        signatures = {name: save_and_load(module, os.path.join(tmp, name.replace(" ", "-")))
                       for name, module in modules.items()}
         lengths = {name: np.concatenate([sig(image_bytes=b)["lengths"].numpy()
                                          for b in byte_batches]) - 1
                    for name, sig in signatures.items()}
-        # The model's own compute, in this process: backbone + greedy search.
-        model = tf.function(lambda x: modules["greedy"]._caption_features(backbone(x), 1))
 
-        measures = {
-            "bare": lambda b: forward(b).numpy(),
-            "model": lambda b: model(b)["tokens"].numpy(),
-            "greedy": lambda b: signatures["greedy"](image_bytes=b)["tokens"].numpy(),
-            "beam3": lambda b: signatures["beam3"](image_bytes=b)["tokens"].numpy(),
-        }
-        inputs = {"bare": preprocessed, "model": preprocessed, "greedy": byte_batches,
-                  "beam3": byte_batches}
+        measures = {"bare": lambda b: forward(b).numpy()}
+        inputs = {"bare": preprocessed}
+        for decoder, fn in model_fns.items():
+            measures[f"{decoder} model"] = lambda b, fn=fn: fn(b)["tokens"].numpy()
+            inputs[f"{decoder} model"] = preprocessed
+            for name in ("greedy", "beam3"):
+                sig = signatures[f"{decoder} {name}"]
+                measures[f"{decoder} {name}"] = \
+                    lambda b, sig=sig: sig(image_bytes=b)["tokens"].numpy()
+                inputs[f"{decoder} {name}"] = byte_batches
         runs: dict[str, list[float]] = {name: [] for name in measures}
         for _ in range(args.rounds):
             for name, fn in measures.items():
@@ -183,19 +196,23 @@ def main() -> int:
     h, w, c = backbone.grid_shape
     print(f"\n{args.backbone} (random) {backbone.input_size}px -> {h}x{w}x{c}; decoder "
           f"embedding {sizes.embedding_dim}, units {sizes.units}, attention "
-          f"{sizes.attention_units}, features {sizes.feature_dim}, vocabulary {args.vocab}, "
+          f"{sizes.attention_units}, features {sizes.feature_dim} (transformer: d_model = units, "
+          f"{sizes.layers} blocks, {sizes.heads} heads), vocabulary {args.vocab}, "
           f"max_len {args.max_len}; batch {args.batch}; {source}; {os.cpu_count()} CPUs\n")
-    rows = [("bare", "backbone forward, in-memory tensors"),
-            ("model", "backbone + greedy search, in-memory"),
-            ("greedy", "SavedModel serving_default, greedy"),
-            ("beam3", "SavedModel serving_default, beam 3")]
-    print(f"{'measure':<40}{'images/s':>10}{'/ bare':>8}{'words':>11}   runs")
+    rows = [("bare", "backbone forward, in-memory tensors")]
+    for decoder in model_fns:
+        rows += [(f"{decoder} model", f"{decoder}: backbone + greedy, in-memory"),
+                 (f"{decoder} greedy", f"{decoder}: SavedModel, greedy"),
+                 (f"{decoder} beam3", f"{decoder}: SavedModel, beam 3")]
+    print(f"{'measure':<44}{'images/s':>10}{'/ bare':>8}{'words':>11}   runs")
     for name, label in rows:
         words = (f"{lengths[name].mean():.1f}/{lengths[name].max()}" if name in lengths
                  else "")
-        print(f"{label:<40}{best[name]:>10.1f}{best[name] / best['bare']:>8.3f}{words:>11}   "
+        print(f"{label:<44}{best[name]:>10.1f}{best[name] / best['bare']:>8.3f}{words:>11}   "
               f"{' '.join(f'{x:.1f}' for x in runs[name])}")
-    print(f"{'ratio greedy SavedModel / in-memory':<40}{best['greedy'] / best['model']:>18.3f}")
+    for decoder in model_fns:
+        print(f"{decoder + ': greedy SavedModel / in-memory':<44}"
+              f"{best[decoder + ' greedy'] / best[decoder + ' model']:>18.3f}")
     print("\nwords: mean/max caption length (the loop runs to the longest of its batch);\n"
           "the last ratio is what serving adds to the model's compute: JPEG decoding,\n"
           "resizing, the SavedModel call and the word lookup.")

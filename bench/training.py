@@ -28,6 +28,9 @@ reference in one process (round 1, round 2, ...), best round kept:
     fixed-32 + XLA the same with train.jit_compile (one compile, static shapes)
     fixed-32 4/call  train.steps_per_execution=4: four steps per tf.function call,
                    one host round trip per call (what TPUs and busy GPUs gain from)
+    lstm bucketed  model.decoder=lstm, the same sizes and batches as bucketed
+    transformer buck. model.decoder=transformer: d_model = units (512), 2 blocks
+                   of 4 heads (model.layers, model.heads), the same batches
     tutorial-style the TensorFlow tutorial's model and step (bench/tutorial_model.py):
                    captions padded to 50 tokens, a Python loop over them, the
                    attention keys recomputed at every position; the ratio of
@@ -269,11 +272,12 @@ def main() -> int:
         assert trainer.tokenizer.vocab_size == VOCAB, trainer.tokenizer.vocab_size
 
         def variant(fixed: bool, jit: bool, per_image: int = 0, precision: str = "",
-                    per_call: int = 1) -> RunConfig:
+                    per_call: int = 1, decoder: str = "gru") -> RunConfig:
             # Whole images per batch: 13 x 5 = 65 captions when grouped.
             size = -(-batch_size // per_image) * per_image if per_image else batch_size
             return dataclasses.replace(
-                config, pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
+                config, model=dataclasses.replace(config.model, decoder=decoder),
+                pipeline=dataclasses.replace(config.pipeline, fixed_shapes=fixed,
                                                      captions_per_image=per_image,
                                                      batch_size=size),
                 train=dataclasses.replace(config.train, jit_compile=jit,
@@ -286,6 +290,11 @@ def main() -> int:
                    "bucketed bf16": (variant(False, False, precision="mixed_bfloat16"),
                                      args.steps),
                    "grouped x5": (variant(False, False, 5), args.steps),
+                   # The other decoders at the same sizes (the transformer's
+                   # d_model = units, model.layers blocks of model.heads heads).
+                   "lstm bucketed": (variant(False, False, decoder="lstm"), args.steps),
+                   "transformer buck.": (variant(False, False, decoder="transformer"),
+                                         args.steps),
                    "fixed-32": (variant(True, False), args.fixed_steps * per_call),
                    "fixed-32 + XLA": (variant(True, True), args.fixed_steps * per_call),
                    f"fixed-32 {per_call}/call": (variant(True, False, per_call=per_call),
@@ -296,8 +305,10 @@ def main() -> int:
                                          own_longest=label == "own longest")
             padded = sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32))) *
                          (int(t.shape[1]) - 1) for _, t in batches)
-            # Another precision needs its own decoder (the policy is read at build).
-            owner = trainer if not cfg.train.mixed_precision else training.make_trainer(cfg)
+            # Another precision (the policy is read at build) or decoder type
+            # needs its own decoder.
+            own = cfg.train.mixed_precision or cfg.model.decoder != config.model.decoder
+            owner = training.make_trainer(cfg) if own else trainer
             owner = dataclasses.replace(owner, config=cfg)
             calls = cfg.train.steps_per_execution
             if calls > 1:
@@ -310,6 +321,8 @@ def main() -> int:
                 shapes = {tuple(t.shape): (f, t) for f, t in batches}
                 warm = run_steps(step, list(shapes.values()))
             images = sum(int(f.shape[0]) for f, _ in batches)
+            if cfg.model.decoder != config.model.decoder:  # the FLOP count is the GRU's
+                images = None
             runs[label] = {"step": step, "batches": batches, "real": real, "images": images,
                            "padded": padded, "warm": warm, "shapes": len(shapes), "times": [],
                            "calls": calls}

@@ -16,7 +16,8 @@ def test_training_bench_quick_prints_its_table():
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ("own longest", "bucketed bf16", "grouped x5", "fixed-32 + XLA",
-                "fixed-32 4/call", "matmul 1024^3", "tutorial-style", "scst"):
+                "fixed-32 4/call", "matmul 1024^3", "tutorial-style", "scst",
+                "lstm bucketed", "transformer buck."):
         assert row in out.stdout
 
 
@@ -30,3 +31,15 @@ def test_tflite_bench_prints_its_table():
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ("SavedModel (TF runtime)", "TFLite, float32 weights", "TFLite, float16 weights"):
         assert row in out.stdout
+
+
+@pytest.mark.slow
+def test_serving_bench_prints_a_row_per_decoder():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "serving.py"), "--batch", "2",
+                          "--batches", "1", "--rounds", "1", "--vocab", "50", "--max-len", "6"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for decoder in ("gru", "lstm", "transformer"):
+        for row in ("backbone + greedy, in-memory", "SavedModel, greedy", "SavedModel, beam 3"):
+            assert f"{decoder}: {row}" in out.stdout
