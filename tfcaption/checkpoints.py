@@ -33,7 +33,10 @@ def type_record(decoder) -> dict:
 
 def recorded_type(path: str) -> str | None:
     """The decoder type the checkpoint at path records; None if it records none."""
-    reader = tf.train.load_checkpoint(path)
+    # The reader itself, not tf.train.load_checkpoint: on ram:// a prefix
+    # passes for a directory, and load_checkpoint then looks for a
+    # `checkpoint` file in it (as weight_names does).
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
     key = f"{TYPE_KEY}/.ATTRIBUTES/VARIABLE_VALUE"
     return reader.get_tensor(key).decode() if reader.has_tensor(key) else None
 
