@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--images", default=str(SHARED / "flickr8k" / "Flicker8k_Dataset"))
     parser.add_argument("--backbone", default="squeezenet", choices=sorted(BACKBONES))
     parser.add_argument("--pipeline", default=str(pathlib.Path(__file__).resolve().parents[1]
-                                                  / "pipelines" / "flickr8k_squeezenet.py"))
+                                                  / "pipelines" / "flickr8k_squeezenet_gru.py"))
     parser.add_argument("--count", type=int, default=16, help="images per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=3000)
