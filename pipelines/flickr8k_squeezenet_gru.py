@@ -41,25 +41,17 @@ The official test split is not in ../shared, so the dev split (1000 images) is
 both the validation split (best checkpoint by CIDEr-D) and the scored split.
 """
 
-from tfcaption.config import (DataConfig, EvalConfig, FeatureConfig, ModelConfig, PipelineConfig,
-                              RunConfig, TrainConfig)
+import dataclasses
+import os
 
-CONFIG = RunConfig(
-    name="flickr8k_squeezenet_gru",
-    data=DataConfig(source="flickr8k", root="../shared/flickr8k", train_split="train",
-                    val_split="dev", test_split="test", min_count=5, max_caption_words=20),
-    features=FeatureConfig(
-        backbone="squeezenet",
-        weights="../shared/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        input_size=224, cache_dir="runs/flickr8k_squeezenet/features", batch_size=32,
-        shard_size=500),
-    pipeline=PipelineConfig(batch_size=64),
-    model=ModelConfig(decoder="gru", embedding_dim=256, units=512, attention_units=256,
-                      feature_dim=256, dropout=0.3),
-    train=TrainConfig(train_dir="runs/flickr8k_squeezenet_gru/train", epochs=8,
-                      learning_rate=1e-3, warmup_steps=300, attention_lambda=1.0,
-                      val_images=0, patience=3, checkpoint_every=200, deterministic=True,
-                      rl_epochs=1, rl_learning_rate=2e-5, rl_xent_weight=0.1),
-    eval=EvalConfig(split="val", beam_size=3, out_dir="runs/flickr8k_squeezenet_gru/eval",
-                    report_dir="runs/flickr8k_squeezenet_gru/report"),
-)
+from tfcaption.pipelines import load_pipeline
+
+# The default pipeline's data, features and schedule (a fresh copy), the GRU.
+LSTM = load_pipeline(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  "flickr8k_squeezenet.py"))
+CONFIG = dataclasses.replace(
+    LSTM, name="flickr8k_squeezenet_gru",
+    model=dataclasses.replace(LSTM.model, decoder="gru"),
+    train=dataclasses.replace(LSTM.train, train_dir="runs/flickr8k_squeezenet_gru/train"),
+    eval=dataclasses.replace(LSTM.eval, out_dir="runs/flickr8k_squeezenet_gru/eval",
+                             report_dir="runs/flickr8k_squeezenet_gru/report"))
