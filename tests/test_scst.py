@@ -210,7 +210,10 @@ def test_baselines_mean_of_the_others_and_greedy(cached):
 
 
 def test_scst_runs_on_two_replicas_and_refuses_what_cannot_work(cached):
-    config = fresh(cached, "two", epochs=1, rl_epochs=1)
+    # With the mixed objective and the entropy bonus: the references' loss is
+    # normalised by the global batch, so it must run split across replicas too.
+    config = fresh(cached, "two", epochs=1, rl_epochs=1, rl_xent_weight=0.1,
+                   rl_entropy_weight=0.01)
     config.pipeline.batch_size = 6  # 2 images of 3 samples: one per replica
     summary = training.train(config, strategy=two_cpus(), progress=False)
     assert summary["step"] == summary["total_steps"] and summary["scst_steps"] > 0
