@@ -66,6 +66,7 @@ PIPELINE = """\
 import os, pathlib, signal
 import tensorflow as tf
 from tests.test_resume import resume_config
+tf.config.optimizer.set_experimental_options({{"disable_meta_optimizer": True}})  # as conftest.py
 CONFIG = resume_config(pathlib.Path({root!r}), {name!r}, {variant!r}, **{train!r})
 _KILL_AT = {{int(s) for s in os.environ.get("TFCAPTION_TEST_KILL_AT", "").split(",") if s}}
 _save = tf.train.CheckpointManager.save
@@ -115,14 +116,18 @@ def test_sigkill_in_two_epochs_then_resume_gives_the_same_weights(cached, varian
     reference = resume_config(cached, f"reference-{variant}", variant)
     summary = training.train(reference, progress=False)
     per_epoch = summary["steps_per_epoch"]
-    # Mid-epoch checkpoints (every 3 steps) in the first and the second epoch.
+    # Mid-epoch checkpoints (every 3 steps) in the first and the second epoch;
+    # the streamed variant is killed in the second only (a launch is ~8 s):
+    # what it adds is resuming inside a shard window of a later epoch.
     kills = [3, next(s for s in range(per_epoch + 1, 2 * per_epoch) if s % 3 == 0)]
+    if variant != "pairs in memory":
+        kills = kills[1:]
     name = f"killed-{variant}"
     pipeline_file = write_pipeline(cached, name, variant)
     cmd = [sys.executable, "-m", "tfcaption.cli", "train", str(pipeline_file)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = run_until_done(cmd, env, kills, launches_expected=3)
-    assert "resumed from" in done.stderr and f"ckpt-{kills[1]}" in done.stderr
+    done = run_until_done(cmd, env, kills, launches_expected=len(kills) + 1)
+    assert "resumed from" in done.stderr and f"ckpt-{kills[-1]}" in done.stderr
     final = json.loads(done.stdout.split("training: ", 1)[1].splitlines()[0])
     assert final["step"] == summary["step"] == summary["total_steps"]
     assert_same_weights(decoder_weights(cached / name),
