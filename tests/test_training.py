@@ -233,3 +233,38 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(cached, monk
     with pytest.raises(training.NonFiniteLoss, match="last good checkpoint"):
         training.train(config, progress=False)
     assert tf.train.latest_checkpoint(str(cached / "nan" / "latest")) == latest
+
+
+def test_scheduled_sampling_reaches_the_step_trains_on_two_replicas_and_is_refused_elsewhere(
+        cached):
+    """At the phase's end (probability 1 here) the step's loss is not teacher
+    forcing's; a two-replica run trains, logging the ramped probability; the
+    transformer and probabilities above 1 are refused by name."""
+    config = fresh(cached, "ss", scheduled_sampling=1.0, epochs=1)
+    config.pipeline.batch_size = 6
+    config.model.dropout = 0.0
+    losses = []
+    for p in (0.0, 1.0):
+        config.train.scheduled_sampling = p
+        trainer = training.make_trainer(config, ONE())
+        trainer.optimizer.iterations.assign(trainer.xe_steps)  # the end of the ramp
+        feats, tokens = next(iter(trainer.data.dataset(0, 1)))
+        losses.append(float(training.make_step(trainer)(feats, tokens)[0]))
+    assert abs(losses[1] - losses[0]) > 1e-3 * losses[0]
+    summary = training.train(config, strategy=TWO(), progress=False)
+    assert summary["step"] == summary["total_steps"] == 6
+    logged = []
+    for path in (cached / "ss" / "logs").iterdir():
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            logged += [(event.step, float(tf.make_ndarray(v.tensor)))
+                       for v in event.summary.value if v.tag == "scheduled_sampling"]
+    # Step s (1-based) ran with probability (s - 1) / 6.
+    assert sorted(logged) == [(s, pytest.approx((s - 1) / 6)) for s in range(1, 7)]
+    for bad, match in (({"scheduled_sampling": 1.5}, "probability"),):
+        with pytest.raises(ValueError, match=match):
+            training.make_trainer(fresh(cached, "ss-bad", **bad))
+    transformer = fresh(cached, "ss-transformer", scheduled_sampling=0.2)
+    transformer.model.decoder = "transformer"
+    with pytest.raises(ValueError, match="recurrent decoder"):
+        training.make_trainer(transformer)

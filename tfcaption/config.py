@@ -181,6 +181,12 @@ class TrainConfig:
     # An entropy bonus: loss -= rl_entropy_weight * the policy's entropy (nats)
     # summed along each sampled caption, averaged over the samples. 0: none.
     rl_entropy_weight: float = 0.0
+    # Scheduled sampling (Bengio et al. 2015) in the cross-entropy phase: each
+    # input word after <start> is, with probability p, drawn from the model's
+    # own previous distribution instead of taken from the reference. p ramps
+    # linearly from 0 at the first step to this value at the phase's last.
+    # Recurrent decoders only (a transformer reads all positions at once).
+    scheduled_sampling: float = 0.0
     # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism):
     # a fresh run reproduces its scores exactly; costs a little speed on GPUs.
     deterministic: bool = False

@@ -113,6 +113,12 @@ def check_config(config: RunConfig) -> None:
     """Refuses settings that cannot work, before a strategy or anything else is made."""
     pc, tc = config.pipeline, config.train
     check_model(config.model)
+    if not 0.0 <= tc.scheduled_sampling <= 1.0:
+        raise ValueError(f"train.scheduled_sampling={tc.scheduled_sampling} is a probability: "
+                         "0 (off) to 1")
+    if tc.scheduled_sampling and config.model.decoder == "transformer":
+        raise ValueError("train.scheduled_sampling needs a recurrent decoder (gru, lstm): "
+                         "the transformer reads every position of a caption at once")
     if tc.steps_per_execution < 1:
         raise ValueError("train.steps_per_execution must be >= 1")
     if tc.strategy == "tpu" and tc.steps_per_execution > 1 and not pc.fixed_shapes:
@@ -214,10 +220,11 @@ def _replica_step(trainer: Trainer, rl: bool = False):
     global_batch = trainer.config.pipeline.batch_size
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def gradients(features, tokens):
+    def gradients(features, tokens, *sampling):
         with tf.GradientTape() as tape:
             loss, stats = caption_loss(decoder, features, tokens, global_batch,
-                                       tc.attention_lambda, training=True)
+                                       tc.attention_lambda, training=True,
+                                       sampling=sampling or None)
             target = optimizer.scale_loss(loss) if scaled else loss
         return loss, stats, tape.gradient(target, decoder.trainable_variables)
 
@@ -238,9 +245,12 @@ def _replica_step(trainer: Trainer, rl: bool = False):
     def replica_step(features, tokens, *seed):
         # Python runs only while tracing, once per local replica: a count of traces.
         trainer.traces += 1 / distribute.local_replicas(trainer.strategy)
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group,
+                          tf.int64)
         if seed:  # each replica draws its own samples
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            seed = (tf.stack([seed[0][0], seed[0][1] * 1024 + tf.cast(replica, tf.int64)]),)
+            seed = (tf.stack([seed[0][0], seed[0][1] * 1024 + replica]),)
+        elif tc.scheduled_sampling:
+            seed = scheduled_sampling(trainer, replica)
         loss, stats, grads = compiled(features, tokens, *seed)
         grads = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, grads)
@@ -257,6 +267,22 @@ def _replica_step(trainer: Trainer, rl: bool = False):
         return loss, stats, norm
 
     return replica_step
+
+
+def sampling_probability(trainer: Trainer, step) -> tf.Tensor:
+    """Scheduled sampling's probability at a cross-entropy step: a linear ramp
+    from 0 to train.scheduled_sampling over the phase."""
+    done = tf.cast(step, tf.float32) / float(max(trainer.xe_steps, 1))
+    return trainer.config.train.scheduled_sampling * tf.minimum(done, 1.0)
+
+
+def scheduled_sampling(trainer: Trainer, replica) -> tuple[tf.Tensor, tf.Tensor]:
+    """(probability, key) for this step and replica. Both are functions of the
+    optimizer's step count (in the checkpoint), so a resumed run draws the same
+    words, and each replica draws its own."""
+    step = tf.cast(trainer.optimizer.iterations, tf.int64)
+    key = tf.stack([tf.constant(trainer.config.train.seed, tf.int64), step * 1024 + replica])
+    return sampling_probability(trainer, step), key
 
 
 def _reduced(strategy, loss, stats, norm):
@@ -414,7 +440,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
         if in_epoch == 0 or bar is None:
             bar = keras.utils.Progbar(per_epoch, verbose=1 if progress else 0,
                                       stateful_metrics=["loss", "tokens/s", "lr", "reward",
-                                                        "baseline", "entropy"])
+                                                        "baseline", "entropy", "sampled"])
             if progress:
                 what = "SCST epoch" if phase == "rl" else "epoch"
                 print(f"{what} {epoch + 1}/{tc.rl_epochs if phase == 'rl' else tc.epochs}")
@@ -488,8 +514,12 @@ def _progress(trainer: Trainer, phase: str, stats: dict, window: dict) -> dict:
         if "xent" in stats:  # train.rl_xent_weight: the references' loss per token
             shown["loss"] = float(stats["xent"]) / max(float(stats["xent_tokens"]), 1.0)
         return {**shown, "tokens/s": rate, "lr": trainer.config.train.rl_learning_rate}
-    return {"loss": float(stats["xent"]) / max(float(stats["tokens"]), 1.0),
-            "tokens/s": rate, "lr": float(trainer.optimizer.learning_rate)}
+    shown = {"loss": float(stats["xent"]) / max(float(stats["tokens"]), 1.0),
+             "tokens/s": rate, "lr": float(trainer.optimizer.learning_rate)}
+    if trainer.config.train.scheduled_sampling:  # the probability the step just used
+        shown["sampled"] = float(sampling_probability(trainer,
+                                                      trainer.optimizer.iterations - 1))
+    return shown
 
 
 def _log_scalars(writer, step: int, phase: str, shown: dict, stats: dict, loss: float,
@@ -506,6 +536,8 @@ def _log_scalars(writer, step: int, phase: str, shown: dict, stats: dict, loss: 
             tf.summary.scalar("loss/regulariser", float(stats["regulariser"]) /
                               max(float(stats["captions"]), 1.0))
             tf.summary.scalar("loss/total", loss)
+            if "sampled" in shown:
+                tf.summary.scalar("scheduled_sampling", shown["sampled"])
         tf.summary.scalar("learning_rate", shown["lr"])
         tf.summary.scalar("gradient_norm", norm)
         tf.summary.scalar("tokens_per_second", shown["tokens/s"])

@@ -19,7 +19,7 @@ def target_mask(targets: tf.Tensor) -> tf.Tensor:
 
 
 def caption_loss(decoder, features, tokens, global_batch_size: int,
-                 attention_lambda: float, training: bool = True):
+                 attention_lambda: float, training: bool = True, sampling=None):
     """features (batch, locations, channels), tokens (batch, T) with <start> .. <end>
     (a row of padding only is a masked row) ->
 
@@ -28,8 +28,10 @@ def caption_loss(decoder, features, tokens, global_batch_size: int,
         size, so that summing it over replicas gives the mean over the global batch;
     stats: per-replica sums (cross entropy, real tokens, regulariser, captions)
         for logging.
+    sampling: scheduled sampling's (probability, key), for a recurrent decoder.
     """
-    logits, alphas = decoder.teacher_forced(features, tokens, training=training)
+    more = {} if sampling is None else {"sampling": sampling}
+    logits, alphas = decoder.teacher_forced(features, tokens, training=training, **more)
     targets = tokens[:, 1:]
     # Rows of padding only (no <start>) fill a batch to its static size: no loss.
     real_row = tf.cast(tokens[:, 0] != PAD_ID, tf.float32)

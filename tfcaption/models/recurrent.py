@@ -15,6 +15,10 @@ import tensorflow as tf
 from tfcaption.config import ModelConfig
 from tfcaption.models.attention import BahdanauAttention
 from tfcaption.models.projection import FeatureProjection
+from tfcaption.tokens import PAD_ID, START_ID, UNK_ID
+
+# Never fed by scheduled sampling: no search ever emits them either.
+NEVER_FED = (PAD_ID, START_ID, UNK_ID)
 
 
 class RecurrentDecoder(FeatureProjection, keras.Model):
@@ -90,6 +94,19 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         return values, keys, self.initial_state(mean if self.init_from_features
                                                 else tf.zeros_like(mean))
 
+    def _per_caption(self, features, tokens, training):
+        """Each image encoded once, then its values, keys and state given to each
+        of its caption rows."""
+        values, keys, state = self.encode(features, training=training)
+        images, rows = features.shape[0], tokens.shape[0]
+        if images is None or rows is None or images != rows:
+            # A gather, not tf.repeat: its output shape stays static under XLA.
+            per_image = tf.shape(tokens)[0] // tf.shape(features)[0]
+            index = tf.range(tf.shape(tokens)[0]) // per_image
+            values, keys, state = tf.nest.map_structure(lambda x: tf.gather(x, index),
+                                                        (values, keys, state))
+        return values, keys, state
+
     def advance(self, token, state, values, keys, training=False, context_tap=None):
         """One step up to, not including, the vocabulary projection.
 
@@ -118,7 +135,7 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         output, state, alpha = self.advance(token, state, values, keys, training=training)
         return self.project(output), state, alpha
 
-    def teacher_forced(self, features, tokens, training=False):
+    def teacher_forced(self, features, tokens, training=False, sampling=None):
         """features (images, locations, channels), tokens (batch, T) ->
         logits (batch, T-1, vocab) float32, alphas (batch, T-1, locations) float32.
 
@@ -126,15 +143,16 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         (K = 1: one row per image). Each image is encoded once, whatever K.
         The loop over time is a tf.scan (one graph node whatever T is); the
         vocabulary projection, the largest matmul, runs once over all steps.
+
+        sampling: None, or (probability, key (2,) int64) for scheduled sampling
+        (Bengio et al. 2015): each input after <start> is, with that
+        probability, a word drawn from the model's own previous distribution
+        instead of the reference's word (see _scheduled). The draws are a
+        function of key, so a resumed run draws what the killed one would have.
         """
-        values, keys, state = self.encode(features, training=training)
-        images, rows = features.shape[0], tokens.shape[0]
-        if images is None or rows is None or images != rows:
-            # A gather, not tf.repeat: its output shape stays static under XLA.
-            per_image = tf.shape(tokens)[0] // tf.shape(features)[0]
-            index = tf.range(tf.shape(tokens)[0]) // per_image
-            values, keys, state = tf.nest.map_structure(lambda x: tf.gather(x, index),
-                                                        (values, keys, state))
+        if sampling is not None:
+            return self._scheduled(features, tokens, training, *sampling)
+        values, keys, state = self._per_caption(features, tokens, training)
         inputs = tf.transpose(tokens[:, :-1])  # time-major
         steps, batch = tf.shape(inputs)[0], tf.shape(inputs)[1]
         taps, alphas_seen = _context_taps(values, [steps, batch, values.shape[-1]])
@@ -151,6 +169,45 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         alphas_seen.append(alphas)
         logits = self.project(tf.transpose(outputs, [1, 0, 2]))
         return logits, tf.transpose(alphas, [1, 0, 2])
+
+    def _scheduled(self, features, tokens, training, probability, key):
+        """teacher_forced with scheduled sampling. The vocabulary projection
+        moves into the loop (a fed word needs the previous step's logits), and
+        the logits it computes there are the ones the loss reads: no step is
+        projected twice. No gradient flows through a draw (an integer)."""
+        values, keys, state = self._per_caption(features, tokens, training)
+        inputs = tf.transpose(tokens[:, :-1])  # time-major
+        steps, batch = tf.shape(inputs)[0], tf.shape(inputs)[1]
+        taps, alphas_seen = _context_taps(values, [steps, batch, values.shape[-1]])
+        frozen = tf.stop_gradient(values)
+        coin_key, draw_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        coins = tf.random.stateless_uniform([steps, batch], coin_key) < probability
+        banned = tf.reduce_sum(tf.one_hot(NEVER_FED, self.vocab_size), axis=0) * -1e9
+
+        def one(carry, inputs):
+            output, state, _, _ = carry
+            token, tap, coin, t = inputs
+            previous = self.project(output)  # the logits that predicted this position
+            # Gumbel-max: a draw from softmax(previous), never a special token.
+            noise = tf.random.stateless_uniform(
+                tf.shape(previous), tf.random.experimental.stateless_fold_in(draw_key, t),
+                minval=1e-7, maxval=1.0)
+            drawn = tf.argmax(previous + banned - tf.math.log(-tf.math.log(noise)), axis=-1,
+                              output_type=token.dtype)
+            token = tf.where(coin & (t > 0), drawn, token)  # t = 0 is <start>
+            output, state, alpha = self.advance(token, state, frozen, keys, training=training,
+                                                context_tap=tap)
+            return output, state, alpha, previous
+
+        first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
+                 tf.zeros([batch, tf.shape(values)[1]], tf.float32),
+                 tf.zeros([batch, self.vocab_size], tf.float32))
+        outputs, _, alphas, previous = tf.scan(
+            one, (inputs, taps, coins, tf.range(steps, dtype=tf.int64)), initializer=first)
+        alphas_seen.append(alphas)
+        # previous[t] is step t - 1's logits: shifted by one, plus the last step's.
+        logits = tf.concat([previous[1:], self.project(outputs[-1:])], axis=0)
+        return tf.transpose(logits, [1, 0, 2]), tf.transpose(alphas, [1, 0, 2])
 
     def call(self, inputs, training=False):
         features, tokens = inputs
