@@ -249,6 +249,8 @@ def test_a_resumed_run_takes_the_configured_scst_learning_rate(cached):
     """The rate is the config's, not the one a checkpoint was written with."""
     config = fresh(cached, "rate", rl_learning_rate=1e-3)
     trainer = training.make_trainer(config)
+    # The phases batch one in-memory copy of the cache, not two.
+    assert trainer.data.memory is not None and trainer.rl_data.memory is trainer.data.memory
     trainer.latest.save(checkpoint_number=1)
     config.train.rl_learning_rate = 2e-4
     again = training.make_trainer(config)

@@ -65,13 +65,15 @@ def images_per_batch(config: RunConfig) -> int:
     return tc.rl_images or max(1, config.pipeline.batch_size // tc.rl_samples)
 
 
-def training_data(config: RunConfig, tokenizer) -> pipeline.TrainingData:
+def training_data(config: RunConfig, tokenizer,
+                  share: pipeline.TrainingData | None = None) -> pipeline.TrainingData:
     """The phase's batches: images_per_batch images, each with rl_references
-    captions (its references), padded to one fixed length."""
+    captions (its references), padded to one fixed length. share: the
+    cross-entropy phase's data, whose in-memory cache this reuses."""
     r = config.train.rl_references
     pc = dataclasses.replace(config.pipeline, captions_per_image=r, fixed_shapes=True,
                              batch_size=images_per_batch(config) * r)
-    return pipeline.TrainingData(config.features.cache_dir, tokenizer, pc)
+    return pipeline.TrainingData(config.features.cache_dir, tokenizer, pc, share=share)
 
 
 def end_word(config: RunConfig, vocab_size: int) -> int | None:

@@ -152,7 +152,7 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     data = pipeline.TrainingData(config.features.cache_dir, tokenizer, config.pipeline)
     tc = config.train
     xe_total = data.steps_per_epoch * tc.epochs
-    rl_data = scst.training_data(config, tokenizer) if tc.rl_epochs > 0 else None
+    rl_data = scst.training_data(config, tokenizer, share=data) if tc.rl_epochs > 0 else None
     total = xe_total + (rl_data.steps_per_epoch * tc.rl_epochs if rl_data else 0)
 
     def adam(learning_rate):

@@ -110,7 +110,11 @@ class TrainingData:
     """
 
     def __init__(self, cache_dir: str, tokenizer: text.Tokenizer, cfg: PipelineConfig,
-                 split_role: str = "train", batch_size: int | None = None):
+                 split_role: str = "train", batch_size: int | None = None,
+                 share: "TrainingData | None" = None):
+        """share: another TrainingData of the same cache and tokenizer whose
+        in-memory copy this one reuses (the SCST phase batches the split the
+        cross-entropy phase holds already: one copy in RAM, not two)."""
         self.cfg, self.tokenizer, self.seed = cfg, tokenizer, cfg.seed
         self.manifest = manifest = load_manifest(cache_dir, split_role)
         self.batch_size = batch_size or cfg.batch_size
@@ -127,8 +131,12 @@ class TrainingData:
         self.files = [io.join(manifest["dir"], n) for n in manifest["shards"]]
         self.memory = None
         starts = [sum(images[:i]) for i in range(len(images))]
-        if cfg.cache_in_memory:
+        if cfg.cache_in_memory and share is not None and share.memory is not None \
+                and share.manifest == manifest and share.tokenizer is tokenizer:
+            self.memory = share.memory
+        elif cfg.cache_in_memory:
             self.memory = _window_tensors(read_records(manifest), sum(images), tokenizer)
+        if self.memory is not None:
             counts = self.memory["caption_count"].numpy().tolist()
             captions = [counts[s:s + n] for s, n in zip(starts, images)]
         elif captions is None:  # a cache older than the counts in its sidecars
