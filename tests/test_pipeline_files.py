@@ -6,6 +6,7 @@ import pathlib
 
 import pytest
 
+from tfcaption import training
 from tfcaption.models.backbones import BACKBONES
 from tfcaption.pipelines import load_pipeline
 
@@ -20,6 +21,7 @@ def test_the_pipelines_are_found():
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
 def test_pipeline_file_loads_and_documents_itself(path):
     config = load_pipeline(str(path))
+    training.check_config(config)  # e.g. no scheduled sampling for a transformer
     assert config.name == path.stem
     assert config.features.backbone in BACKBONES
     text = path.read_text()
