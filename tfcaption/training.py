@@ -247,11 +247,14 @@ def _replica_step(trainer: Trainer, rl: bool = False):
         trainer.traces += 1 / distribute.local_replicas(trainer.strategy)
         replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group,
                           tf.int64)
-        if seed:  # each replica draws its own samples
-            seed = (tf.stack([seed[0][0], seed[0][1] * 1024 + replica]),)
+        # What the step draws with: SCST's seed, or scheduled sampling's
+        # (probability, key); each replica draws its own.
+        draws = ()
+        if seed:
+            draws = (tf.stack([seed[0][0], seed[0][1] * 1024 + replica]),)
         elif tc.scheduled_sampling:
-            seed = scheduled_sampling(trainer, replica)
-        loss, stats, grads = compiled(features, tokens, *seed)
+            draws = scheduled_sampling(trainer, replica)
+        loss, stats, grads = compiled(features, tokens, *draws)
         grads = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, grads)
         scale = optimizer.dynamic_scale if scaled else None
