@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tfcaption import training
-from tfcaption.models.recurrent import NEVER_FED
+from tfcaption.decoding.masks import NEVER_EMITTED
 from tests.models.test_decoder_contract import batch, tiny_decoder
 
 RECURRENT = ["gru", "lstm"]
@@ -34,7 +34,7 @@ def own_words_loop(decoder, features, tokens):
         logits, state, _ = decoder.step(token, state, values, keys)
         logits_seen.append(logits)
         banned = np.zeros(logits.shape[-1], np.float32)
-        banned[list(NEVER_FED)] = -np.inf
+        banned[list(NEVER_EMITTED)] = -np.inf
         token = tf.constant(np.argmax(logits.numpy() + banned, axis=-1).astype(np.int32))
     return tf.stack(logits_seen, axis=1)
 

@@ -14,11 +14,8 @@ import tensorflow as tf
 
 from tfcaption.config import ModelConfig
 from tfcaption.models.attention import BahdanauAttention
+from tfcaption.decoding.masks import banned_specials
 from tfcaption.models.projection import FeatureProjection
-from tfcaption.tokens import PAD_ID, START_ID, UNK_ID
-
-# Never fed by scheduled sampling: no search ever emits them either.
-NEVER_FED = (PAD_ID, START_ID, UNK_ID)
 
 
 class RecurrentDecoder(FeatureProjection, keras.Model):
@@ -147,48 +144,51 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         sampling: None, or (probability, key (2,) int64) for scheduled sampling
         (Bengio et al. 2015): each input after <start> is, with that
         probability, a word drawn from the model's own previous distribution
-        instead of the reference's word (see _scheduled). The draws are a
+        instead of the reference's word (see _sampled_step). The draws are a
         function of key, so a resumed run draws what the killed one would have.
         """
-        if sampling is not None:
-            return self._scheduled(features, tokens, training, *sampling)
         values, keys, state = self._per_caption(features, tokens, training)
         inputs = tf.transpose(tokens[:, :-1])  # time-major
         steps, batch = tf.shape(inputs)[0], tf.shape(inputs)[1]
         taps, alphas_seen = _context_taps(values, [steps, batch, values.shape[-1]])
         frozen = tf.stop_gradient(values)
-
-        def one(carry, inputs):
-            _, state, _ = carry
-            token, tap = inputs
-            return self.advance(token, state, frozen, keys, training=training, context_tap=tap)
-
         first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
                  tf.zeros([batch, tf.shape(values)[1]], tf.float32))
-        outputs, _, alphas = tf.scan(one, (inputs, taps), initializer=first)
+        if sampling is None:
+            def one(carry, inputs):
+                _, state, _ = carry
+                token, tap = inputs
+                return self.advance(token, state, frozen, keys, training=training,
+                                    context_tap=tap)
+
+            outputs, _, alphas = tf.scan(one, (inputs, taps), initializer=first)
+            logits = self.project(tf.transpose(outputs, [1, 0, 2]))
+        else:
+            one, extra = self._sampled_step(frozen, keys, training, steps, batch, *sampling)
+            first += (tf.zeros([batch, self.vocab_size], tf.float32),)
+            outputs, _, alphas, previous = tf.scan(one, (inputs, taps, *extra),
+                                                   initializer=first)
+            # previous[t] is step t - 1's logits: shifted by one, plus the last step's.
+            logits = tf.transpose(tf.concat([previous[1:], self.project(outputs[-1:])], axis=0),
+                                  [1, 0, 2])
         alphas_seen.append(alphas)
-        logits = self.project(tf.transpose(outputs, [1, 0, 2]))
         return logits, tf.transpose(alphas, [1, 0, 2])
 
-    def _scheduled(self, features, tokens, training, probability, key):
-        """teacher_forced with scheduled sampling. The vocabulary projection
-        moves into the loop (a fed word needs the previous step's logits), and
-        the logits it computes there are the ones the loss reads: no step is
-        projected twice. No gradient flows through a draw (an integer)."""
-        values, keys, state = self._per_caption(features, tokens, training)
-        inputs = tf.transpose(tokens[:, :-1])  # time-major
-        steps, batch = tf.shape(inputs)[0], tf.shape(inputs)[1]
-        taps, alphas_seen = _context_taps(values, [steps, batch, values.shape[-1]])
-        frozen = tf.stop_gradient(values)
+    def _sampled_step(self, frozen, keys, training, steps, batch, probability, key):
+        """Scheduled sampling's loop body and its extra inputs (coins, t). The
+        vocabulary projection moves into the loop (a fed word needs the
+        previous step's logits), and the logits it computes there are the ones
+        the loss reads: no step is projected twice. No gradient flows through a
+        draw (an integer)."""
         coin_key, draw_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
         coins = tf.random.stateless_uniform([steps, batch], coin_key) < probability
-        banned = tf.reduce_sum(tf.one_hot(NEVER_FED, self.vocab_size), axis=0) * -1e9
+        banned = banned_specials(self.vocab_size)  # what no search emits is never fed
 
         def one(carry, inputs):
             output, state, _, _ = carry
             token, tap, coin, t = inputs
             previous = self.project(output)  # the logits that predicted this position
-            # Gumbel-max: a draw from softmax(previous), never a special token.
+            # Gumbel-max: a draw from softmax(previous).
             noise = tf.random.stateless_uniform(
                 tf.shape(previous), tf.random.experimental.stateless_fold_in(draw_key, t),
                 minval=1e-7, maxval=1.0)
@@ -199,15 +199,7 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                                                 context_tap=tap)
             return output, state, alpha, previous
 
-        first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
-                 tf.zeros([batch, tf.shape(values)[1]], tf.float32),
-                 tf.zeros([batch, self.vocab_size], tf.float32))
-        outputs, _, alphas, previous = tf.scan(
-            one, (inputs, taps, coins, tf.range(steps, dtype=tf.int64)), initializer=first)
-        alphas_seen.append(alphas)
-        # previous[t] is step t - 1's logits: shifted by one, plus the last step's.
-        logits = tf.concat([previous[1:], self.project(outputs[-1:])], axis=0)
-        return tf.transpose(logits, [1, 0, 2]), tf.transpose(alphas, [1, 0, 2])
+        return one, (coins, tf.range(steps, dtype=tf.int64))
 
     def call(self, inputs, training=False):
         features, tokens = inputs
