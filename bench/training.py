@@ -345,7 +345,7 @@ def main() -> int:
         rl_config = dataclasses.replace(config, train=dataclasses.replace(
             config.train, rl_epochs=1, train_dir=os.path.join(tmp, "train-rl")))
         rl_trainer = training.make_trainer(rl_config)
-        rl_step = training.make_step(rl_trainer, rl=True)
+        rl_step = training.make_step(rl_trainer, "rl")
         seed = tf.constant([0, 0], tf.int64)
         scst_batches = list(rl_trainer.rl_data.dataset(0, 1000).take(args.fixed_steps))
         scst_step = lambda f, t: rl_step(f, t, seed)  # noqa: E731

@@ -56,16 +56,16 @@ def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached,
         "CIDEr-D": scores[int(trainer.state["step"].numpy())], "BLEU-4": 0.0,
         "samples": [("id", "a caption")]})
     seen = []
-    original = training._start_scst
+    original = training._start_phase
 
-    def spy(trainer, step):
-        original(trainer, step)
+    def spy(trainer, phase, step, first):
+        original(trainer, phase, step, first)
         best = trainer.best.latest_checkpoint  # kept one at a time: read it now
         stored = checkpoints.restore_decoder(trainer.config, best)[0].trainable_variables
         seen.append((best, [v.numpy() for v in trainer.decoder.trainable_variables],
                      [v.numpy() for v in stored]))
 
-    monkeypatch.setattr(training, "_start_scst", spy)
+    monkeypatch.setattr(training, "_start_phase", spy)
     reference = fresh(cached, "reference", deterministic=True)
     summary = training.train(reference, progress=False)
     xe_steps = summary["total_steps"] - summary["scst_steps"]

@@ -11,7 +11,7 @@ from tfcaption.config import RunConfig
 from tfcaption.data import text
 from tfcaption.data.features import load_manifest, vocabulary_file
 from tfcaption.data.pipeline import vocabulary_path
-from tfcaption.models.build import build_decoder, decoder_type
+from tfcaption.models.build import backbone_top, build_decoder, decoder_type
 
 # A run's checkpoints name their decoder type (config.model.decoder) in a string
 # variable beside the weights, so that restoring one into another type fails
@@ -25,19 +25,29 @@ def weight_names(prefix: str) -> list[str]:
     return list(tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map())
 
 
+# Likewise the backbone layer a decoder with a trainable top runs from
+# (features.trainable_from); checkpoints without it have no top.
+TOP_KEY = "features_trainable_from"
+
+
 def type_record(decoder) -> dict:
-    """{TYPE_KEY: a variable naming decoder's type}, to give tf.train.Checkpoint
-    beside decoder=decoder so that its files say what they hold."""
-    return {TYPE_KEY: tf.Variable(decoder_type(decoder), trainable=False, name=TYPE_KEY)}
+    """{TYPE_KEY: a variable naming decoder's type} (and TOP_KEY: its top's
+    first layer, when it has one), to give tf.train.Checkpoint beside
+    decoder=decoder so that its files say what they hold."""
+    record = {TYPE_KEY: tf.Variable(decoder_type(decoder), trainable=False, name=TYPE_KEY)}
+    if decoder.top is not None:
+        record[TOP_KEY] = tf.Variable(decoder.trainable_from, trainable=False, name=TOP_KEY)
+    return record
 
 
-def recorded_type(path: str) -> str | None:
-    """The decoder type the checkpoint at path records; None if it records none."""
+def recorded_type(path: str, key: str = TYPE_KEY) -> str | None:
+    """The decoder type (or another record) the checkpoint at path records;
+    None if it records none."""
     # The reader itself, not tf.train.load_checkpoint: on ram:// a prefix
     # passes for a directory, and load_checkpoint then looks for a
     # `checkpoint` file in it (as weight_names does).
     reader = tf.compat.v1.train.NewCheckpointReader(path)
-    key = f"{TYPE_KEY}/.ATTRIBUTES/VARIABLE_VALUE"
+    key = f"{key}/.ATTRIBUTES/VARIABLE_VALUE"
     return reader.get_tensor(key).decode() if reader.has_tensor(key) else None
 
 
@@ -54,6 +64,13 @@ def _check_decoder_type(checkpoint: tf.train.Checkpoint, path: str) -> None:
         raise ValueError(f"checkpoint {path} was trained with model.decoder={found}{why}; "
                          f"this config says model.decoder={wanted}. Use it with --set "
                          f"model.decoder={found}, or train {wanted} in another train.train_dir")
+    top, wanted_top = recorded_type(path, TOP_KEY) or "", decoder.trainable_from
+    if top != wanted_top:
+        said = lambda v: f"features.trainable_from={v}" if v else "no features.trainable_from"  # noqa: E731
+        raise ValueError(f"checkpoint {path} was trained with {said(top)} (a backbone top "
+                         f"{'in' if top else 'not in'} the model); this config says "
+                         f"{said(wanted_top)}. Set features.trainable_from={top!r} to use "
+                         "it, or train in another train.train_dir")
 
 
 def _decoder_weights(keys) -> set[str]:
@@ -135,7 +152,9 @@ def restore_decoder(config: RunConfig, checkpoint: str | None = None):
     checkpoint = chosen_checkpoint(config.train.train_dir, checkpoint)
     float32 = dataclasses.replace(
         config, train=dataclasses.replace(config.train, mixed_precision=""))
-    decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"])
+    # The top's weights are the checkpoint's: the random ones need no ImageNet file.
+    decoder = build_decoder(float32, tokenizer.vocab_size, manifest["grid_shape"],
+                            backbone_top(config, "random"))
     # expect_partial: the optimizer's slots are in the checkpoint, not needed here.
     restore_checked(tf.train.Checkpoint(decoder=decoder), checkpoint).expect_partial()
     return decoder, tokenizer, manifest, checkpoint

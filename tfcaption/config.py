@@ -54,6 +54,10 @@ class FeatureConfig:
     weights: str = "random"
     input_size: int = 0
     layer: str = ""  # the layer attended over; "" = the backbone's usual grid
+    # Fine-tuning (issue 18): the layer or block (fire6, mixed9, block5_conv1,
+    # conv5_block2) from which the backbone trains with the decoder. The cache
+    # then holds the grid below it; the decoder runs the rest. "" = all frozen.
+    trainable_from: str = ""
     cache_dir: str = "runs/synthetic/features"
     batch_size: int = 32
     shard_size: int = 256
@@ -154,6 +158,13 @@ class TrainConfig:
     val_batch_size: int = 100
     log_every: int = 50
     seed: int = 0  # initial weights, dropout and data order
+    # Fine-tuning the backbone's top (features.trainable_from): finetune_epochs
+    # of cross-entropy after the first phase, from its best checkpoint, the top
+    # trained at backbone_learning_rate (its own Adam), the rest going on at the
+    # decoder's learning rate where its schedule ended. SCST then trains the
+    # top too, at the same rate.
+    finetune_epochs: int = 0
+    backbone_learning_rate: float = 1e-4
     # Self-critical sequence training (tfcaption/scst.py): rl_epochs > 0 adds a
     # second phase that starts from the best cross-entropy checkpoint and
     # trains on the reward of sampled captions. Its batches hold rl_images

@@ -150,6 +150,8 @@ def export_key(config: RunConfig, checkpoint: str, beam_size: int, max_len: int,
     or a decode.* setting the graph fixes, such as decode.no_repeat_ngram)."""
     fingerprint = load_manifest(config.features.cache_dir, "train")["fingerprint"]
     backbone = {k: fingerprint.get(k) for k in ("backbone", "weights", "layer", "input_size")}
+    if fingerprint.get("trainable_from"):  # only when set: older keys stay the same
+        backbone["trainable_from"] = fingerprint["trainable_from"]
     return {**decoder_key(config, checkpoint), "backbone_sha1": io.digest_json(backbone),
             "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty,
             # The decode.* fields this graph fixed as constants.
@@ -161,8 +163,10 @@ def restore_parts(config: RunConfig, checkpoint: str | None = None):
     the backbone checked to load the weights the features were cached with."""
     decoder, tokenizer, manifest, checkpoint = restore_decoder(config, checkpoint)
     fc = config.features
+    # With features.trainable_from this is the frozen bottom; the (fine-tuned)
+    # top is in the decoder, restored from the checkpoint.
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
-                              seed=fc.seed, layer=fc.layer)
+                              seed=fc.seed, layer=fc.layer, trainable_from=fc.trainable_from)
     if backbone.weights_id != manifest["weights"]:
         raise RuntimeError(f"the backbone now loads weights {backbone.weights_id}, but the "
                            f"features were cached with {manifest['weights']}")
@@ -224,6 +228,7 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     # The key (search and decode settings, digests) first: what `tfcaption run` compares.
     info = {**key, "name": name or config.name, "version": version, "checkpoint": checkpoint,
             "backbone": fc.backbone, "layer": backbone.layer, "weights": backbone.weights_id,
+            "trainable_from": backbone.trainable_from,
             "input_size": backbone.input_size, "grid": [h, w, c],
             "decode": dataclasses.asdict(config.decode),
             "vocab_size": tokenizer.vocab_size, "resize": "squash (no crop): the attention "

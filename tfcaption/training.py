@@ -30,7 +30,8 @@ from tfcaption import decoding, distribute, io, metrics, rewards, scst
 from tfcaption.checkpoints import TYPE_KEY, restore_checked, type_record, weight_names
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
-from tfcaption.models.build import build_decoder, check_model
+from tfcaption.models.build import (backbone_top, build_decoder, check_model, head_variables,
+                                    top_variables)
 from tfcaption.models.captioner import caption_loss
 from tfcaption.schedules import Constant, WarmupCosine
 
@@ -79,17 +80,36 @@ class Trainer:
     rl_data: pipeline.TrainingData | None = None
     rl_optimizer: keras.optimizers.Optimizer | None = None
     reward: object = None
-    xe_steps: int = 0  # steps of the cross-entropy phase; the SCST phase follows
+    xe_steps: int = 0  # steps of the cross-entropy phase; the others follow
+    # Fine-tuning (train.finetune_epochs, features.trainable_from): its steps,
+    # between cross-entropy and SCST, and the backbone top's optimizer.
+    ft_steps: int = 0
+    top_optimizer: keras.optimizers.Optimizer | None = None
 
     @property
     def steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch
 
     def phase(self, step: int) -> tuple[str, int, int]:
-        """-> ("xe" or "rl", the phase's first step, its steps per epoch)."""
-        if step < self.xe_steps or self.rl_data is None:
+        """-> ("xe", "ft" (fine-tuning) or "rl" (SCST), the phase's first step,
+        its steps per epoch). Past the end: the last phase."""
+        if step < self.xe_steps or not (self.ft_steps or self.rl_data):
             return "xe", 0, self.data.steps_per_epoch
-        return "rl", self.xe_steps, self.rl_data.steps_per_epoch
+        if step < self.xe_steps + self.ft_steps or self.rl_data is None:
+            return "ft", self.xe_steps, self.data.steps_per_epoch
+        return "rl", self.xe_steps + self.ft_steps, self.rl_data.steps_per_epoch
+
+    def phase_end(self, step: int) -> int:
+        """The first step after step's phase."""
+        return {"xe": self.xe_steps, "ft": self.xe_steps + self.ft_steps,
+                "rl": self.total_steps}[self.phase(step)[0]]
+
+    def variables(self, phase: str) -> tuple[list, list]:
+        """(the decoder's own weights, the backbone top's) the phase trains:
+        the top in fine-tuning, and in SCST after fine-tuning."""
+        top = top_variables(self.decoder) if phase == "ft" or (
+            phase == "rl" and self.top_optimizer is not None) else []
+        return head_variables(self.decoder), top
 
 
 def rng_state(decoder) -> dict:
@@ -124,6 +144,16 @@ def check_config(config: RunConfig) -> None:
     if tc.strategy == "tpu" and tc.steps_per_execution > 1 and not pc.fixed_shapes:
         raise ValueError("train.steps_per_execution > 1 on a TPU loops over batches of "
                          "one shape: set pipeline.fixed_shapes=true")
+    if tc.finetune_epochs < 0:
+        raise ValueError("train.finetune_epochs must be >= 0")
+    if tc.finetune_epochs and not config.features.trainable_from:
+        raise ValueError("train.finetune_epochs fine-tunes the backbone's top: set "
+                         "features.trainable_from (e.g. fire6 for SqueezeNet) and extract "
+                         "the cache below it")
+    if config.features.trainable_from and tc.mixed_precision == "mixed_float16":
+        # Two optimizers would need one loss scale; bfloat16 needs none.
+        raise ValueError("features.trainable_from does not train with mixed_float16; use "
+                         "mixed_bfloat16 (float32's range, no loss scale) or float32")
 
 
 def check_replicas(config: RunConfig, replicas: int) -> None:
@@ -152,26 +182,31 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     data = pipeline.TrainingData(config.features.cache_dir, tokenizer, config.pipeline)
     tc = config.train
     xe_total = data.steps_per_epoch * tc.epochs
+    ft_total = data.steps_per_epoch * tc.finetune_epochs
     rl_data = scst.training_data(config, tokenizer, share=data) if tc.rl_epochs > 0 else None
-    total = xe_total + (rl_data.steps_per_epoch * tc.rl_epochs if rl_data else 0)
+    total = xe_total + ft_total + (rl_data.steps_per_epoch * tc.rl_epochs if rl_data else 0)
 
-    def adam(learning_rate):
+    def adam(learning_rate, variables):
         made = SummedGradientsAdam(learning_rate)
         if tc.mixed_precision == "mixed_float16":
             # float16 gradients underflow without it; bfloat16 has float32's range.
             made = keras.optimizers.LossScaleOptimizer(made)
-        made.build(decoder.trainable_variables)
+        made.build(variables)
         return made
 
     with strategy.scope():
-        decoder = build_decoder(config, tokenizer.vocab_size, manifest["grid_shape"])
+        decoder = build_decoder(config, tokenizer.vocab_size, manifest["grid_shape"],
+                                backbone_top(config))
+        head = head_variables(decoder)
         optimizer = adam(WarmupCosine(tc.learning_rate, tc.warmup_steps, xe_total,
-                                      tc.min_learning_rate_ratio))
-        rl_optimizer = adam(Constant(tc.rl_learning_rate)) if rl_data else None
+                                      tc.min_learning_rate_ratio), head)
+        rl_optimizer = adam(Constant(tc.rl_learning_rate), head) if rl_data else None
+        top_optimizer = adam(Constant(tc.backbone_learning_rate), top_variables(decoder)) \
+            if ft_total else None
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
-    checkpoint = _checkpoint(decoder, optimizer, state, rl_optimizer)
+    checkpoint = _checkpoint(decoder, optimizer, state, rl_optimizer, top_optimizer)
     latest_dir, best_dir = checkpoint_dirs(tc.train_dir, strategy)
     latest = tf.train.CheckpointManager(checkpoint, latest_dir, max_to_keep=tc.keep_checkpoints)
     best = tf.train.CheckpointManager(checkpoint, best_dir, max_to_keep=1)
@@ -179,14 +214,18 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
         if rl_data else None
     return Trainer(config, strategy, tokenizer, data, decoder, optimizer, checkpoint, latest,
                    best, state, total, rl_data=rl_data, rl_optimizer=rl_optimizer,
-                   reward=reward, xe_steps=xe_total)
+                   reward=reward, xe_steps=xe_total, ft_steps=ft_total,
+                   top_optimizer=top_optimizer)
 
 
-def _checkpoint(decoder, optimizer, state: dict, rl_optimizer=None,
+def _checkpoint(decoder, optimizer, state: dict, rl_optimizer=None, top_optimizer=None,
                 record: bool = True) -> tf.train.Checkpoint:
-    """What a run's checkpoints hold: the SCST optimizer only when it exists,
-    and the decoder type's record (checkpoints.type_record) unless told not to."""
+    """What a run's checkpoints hold: the SCST and top optimizers only when
+    they exist, and the decoder type's record (checkpoints.type_record) unless
+    told not to."""
     extra = {"rl_optimizer": rl_optimizer} if rl_optimizer else {}
+    if top_optimizer:
+        extra["top_optimizer"] = top_optimizer
     if record:
         extra.update(type_record(decoder))
     return tf.train.Checkpoint(decoder=decoder, optimizer=optimizer, rng=rng_state(decoder),
@@ -202,21 +241,27 @@ def restore_latest(trainer: Trainer, path: str) -> None:
     names = weight_names(path)
     has = lambda prefix: any(k.startswith(prefix + "/") for k in names)  # noqa: E731
     rl_optimizer = trainer.rl_optimizer if has("rl_optimizer") else None
+    top_optimizer = trainer.top_optimizer if has("top_optimizer") else None
     restore_checked(_checkpoint(trainer.decoder, trainer.optimizer, trainer.state,
-                                rl_optimizer, record=has(TYPE_KEY)), path)
+                                rl_optimizer, top_optimizer, record=has(TYPE_KEY)), path)
 
 
-def _replica_step(trainer: Trainer, rl: bool = False):
+def _replica_step(trainer: Trainer, phase: str = "xe"):
     """(features, tokens) of one replica -> (loss, stats, gradient norm), weights updated.
-    rl: an SCST step, (features, references, seed) -> the same.
+    phase "rl": an SCST step, (features, references, seed) -> the same.
 
     The gradient is summed across replicas before anything looks at it: the
     clip uses the global batch's norm, and the loss scale sees the summed
     gradient, so an overflow on any replica skips the step on all of them.
+    In fine-tuning (and SCST after it) the backbone top's gradients join the
+    norm and the clip, and its own optimizer applies them.
     """
     tc = trainer.config.train
     decoder = trainer.decoder
+    rl = phase == "rl"
     optimizer = trainer.rl_optimizer if rl else trainer.optimizer
+    head, top = trainer.variables(phase)
+    variables = head + top
     global_batch = trainer.config.pipeline.batch_size
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -226,7 +271,7 @@ def _replica_step(trainer: Trainer, rl: bool = False):
                                        tc.attention_lambda, training=True,
                                        sampling=sampling or None)
             target = optimizer.scale_loss(loss) if scaled else loss
-        return loss, stats, tape.gradient(target, decoder.trainable_variables)
+        return loss, stats, tape.gradient(target, variables)
 
     def rl_gradients(features, references, seed):
         # Drawn outside the tape: no gradient flows through a draw.
@@ -236,7 +281,7 @@ def _replica_step(trainer: Trainer, rl: bool = False):
             loss, more = scst.mixed_loss(decoder, features, references, tokens, advantage,
                                          real, trainer.config)
             target = optimizer.scale_loss(loss) if scaled else loss
-        return loss, {**stats, **more}, tape.gradient(target, decoder.trainable_variables)
+        return loss, {**stats, **more}, tape.gradient(target, variables)
 
     # XLA compiles the model's forward and backward pass; the all-reduce and the
     # optimizer update stay outside, where tf.distribute places them.
@@ -266,7 +311,9 @@ def _replica_step(trainer: Trainer, rl: bool = False):
             grads, _ = tf.clip_by_global_norm(grads, tc.clip_norm, use_norm=norm)
         if scaled:  # it unscales (and checks) what it is given
             grads = [g * scale for g in grads]
-        optimizer.apply(grads, decoder.trainable_variables)
+        optimizer.apply(grads[:len(head)], head)
+        if top:
+            trainer.top_optimizer.apply(grads[len(head):], top)
         return loss, stats, norm
 
     return replica_step
@@ -294,11 +341,11 @@ def _reduced(strategy, loss, stats, norm):
             strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
 
 
-def make_step(trainer: Trainer, rl: bool = False):
+def make_step(trainer: Trainer, phase: str = "xe"):
     """One distributed train step: (features, tokens) -> summed (loss, stats), mean
     gradient norm. Traced once per batch shape (one per bucket boundary).
-    rl: an SCST step, (features, references, seed (2,) int64) -> the same."""
-    replica_step, strategy = _replica_step(trainer, rl), trainer.strategy
+    phase "rl": an SCST step, (features, references, seed (2,) int64) -> the same."""
+    replica_step, strategy = _replica_step(trainer, phase), trainer.strategy
 
     @tf.function
     def step(features, tokens, *seed):
@@ -379,9 +426,7 @@ def _next_call(step: int, trainer: Trainer) -> int:
     their cadence)."""
     tc = trainer.config.train
     phase, first, per_epoch = trainer.phase(step)
-    n = min(tc.steps_per_execution if phase == "xe" else 1, trainer.total_steps - step)
-    if phase == "xe" and trainer.rl_data is not None:
-        n = min(n, trainer.xe_steps - step)
+    n = min(tc.steps_per_execution if phase == "xe" else 1, trainer.phase_end(step) - step)
     n = min(n, per_epoch - (step - first) % per_epoch)
     for every in (tc.checkpoint_every, tc.log_every):
         if every > 0:
@@ -420,22 +465,27 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     window = {"start": time.perf_counter(), "tokens": 0.0}
     bar, iterator, step_fn, multi_fn, phase = None, None, None, None, None
     step = start_step
-    # Cross-entropy stopped early (now, or before a resume): SCST follows at once.
-    xe_stopped = int(trainer.state["bad_epochs"].numpy()) >= tc.patience
+    # A phase stopped early (now, or before a resume): the next follows at once.
+    stopped_early = int(trainer.state["bad_epochs"].numpy()) >= tc.patience
     while step < trainer.total_steps:
-        if trainer.rl_data is not None and step < trainer.xe_steps and xe_stopped:
-            step = trainer.xe_steps
+        if stopped_early and trainer.phase_end(step) < trainer.total_steps:
+            step = trainer.phase_end(step)
             step_var.assign(step)
+        stopped_early = False
         now, first, per_epoch = trainer.phase(step)
         if now != phase:
             phase = now
-            if phase == "rl":
-                _start_scst(trainer, step)
+            if phase != "xe":
+                _start_phase(trainer, phase, step, first)
             data = trainer.rl_data if phase == "rl" else trainer.data
-            epochs = tc.rl_epochs if phase == "rl" else tc.epochs
+            # Fine-tuning continues cross-entropy's plan of epochs: its
+            # batches come in new orders, not epoch 1's again.
+            offset = first if phase == "ft" else 0
+            epochs = {"xe": tc.epochs, "ft": tc.epochs + tc.finetune_epochs}.get(
+                phase, tc.rl_epochs)
             iterator = iter(distribute.distribute(
-                strategy, lambda: data.dataset(step - first, epochs)))
-            step_fn = make_step(trainer, rl=phase == "rl")
+                strategy, lambda: data.dataset(step - first + offset, epochs)))
+            step_fn = make_step(trainer, phase)
             multi_fn = make_multi_step(trainer) \
                 if tc.steps_per_execution > 1 and phase == "xe" else None
             bar = None
@@ -445,8 +495,8 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
                                       stateful_metrics=["loss", "tokens/s", "lr", "reward",
                                                         "baseline", "entropy", "sampled"])
             if progress:
-                what = "SCST epoch" if phase == "rl" else "epoch"
-                print(f"{what} {epoch + 1}/{tc.rl_epochs if phase == 'rl' else tc.epochs}")
+                count = {"xe": tc.epochs, "ft": tc.finetune_epochs}.get(phase, tc.rl_epochs)
+                print(f"{PHASE_NAMES[phase]} {epoch + 1}/{count}")
         n = _next_call(step, trainer)
         if n == tc.steps_per_execution > 1 and multi_fn is not None:
             loss, stats, norm = multi_fn(iterator, n)
@@ -475,10 +525,10 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
             strategy, time.perf_counter() - begun > tc.max_minutes * 60)
         if (step - first) % per_epoch == 0:
             if _end_of_epoch(trainer, writer, step, progress):
-                if trainer.rl_data is None or phase == "rl":
+                if trainer.phase_end(step - 1) >= trainer.total_steps:
                     stopped = "early stopping"
                     break
-                xe_stopped = True
+                stopped_early = True
         elif step % tc.checkpoint_every == 0 or out_of_time:
             trainer.latest.save(checkpoint_number=step)
         if out_of_time:
@@ -492,15 +542,19 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None,
     return summary
 
 
-def _start_scst(trainer: Trainer, step: int) -> None:
-    """The SCST phase starts from the best cross-entropy weights (once: a run
+PHASE_NAMES = {"xe": "epoch", "ft": "fine-tune epoch", "rl": "SCST epoch"}
+
+
+def _start_phase(trainer: Trainer, phase: str, step: int, first: int) -> None:
+    """Fine-tuning and SCST start from the best checkpoint so far (once: a run
     resumed inside the phase has its own weights in the latest checkpoint),
-    with its own early-stopping count."""
-    if step == trainer.xe_steps:
+    with their own early-stopping count."""
+    if step == first:
         best = trainer.best.latest_checkpoint
         if best:
             tf.train.Checkpoint(decoder=trainer.decoder).restore(best).expect_partial()
-            log.info("SCST starts from the best cross-entropy checkpoint %s", best)
+            log.info("%s starts from the best checkpoint so far, %s",
+                     PHASE_NAMES[phase].split()[0], best)
         trainer.state["bad_epochs"].assign(0)
 
 
@@ -572,7 +626,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
     scores = validate(trainer)
     phase, first, per_epoch = trainer.phase(step - 1)
     epoch = (step - first) // per_epoch
-    what = "SCST epoch" if phase == "rl" else "epoch"
+    what = PHASE_NAMES[phase]
     with writer.as_default(step=step):
         tf.summary.scalar("val/CIDEr-D", scores["CIDEr-D"])
         tf.summary.scalar("val/BLEU-4", scores["BLEU-4"])
@@ -588,7 +642,7 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
         if distribute.is_chief(trainer.strategy):  # workers share train_dir: one writer
             io.write_json(io.join(trainer.config.train.train_dir, "best.json"),
                           {"step": step, "epoch": epoch,
-                           "phase": "scst" if phase == "rl" else "cross-entropy",
+                           "phase": {"xe": "cross-entropy", "ft": "fine-tune"}.get(phase, "scst"),
                            **{k: v for k, v in scores.items() if k != "samples"}})
     else:
         state["bad_epochs"].assign_add(1)
@@ -602,7 +656,8 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
 def _summary(trainer: Trainer, stopped: str) -> dict:
     return {"stopped": stopped, "step": int(trainer.state["step"].numpy()),
             "total_steps": trainer.total_steps, "steps_per_epoch": trainer.steps_per_epoch,
-            "scst_steps": trainer.total_steps - trainer.xe_steps,
+            "finetune_steps": trainer.ft_steps,
+            "scst_steps": trainer.total_steps - trainer.xe_steps - trainer.ft_steps,
             "max_minutes": trainer.config.train.max_minutes,
             "step_traces": round(trainer.traces),
             "best_CIDEr-D": float(trainer.state["best_metric"].numpy()),

@@ -119,7 +119,8 @@ class Extractor:
         self.config = config
         fc = config.features
         self.backbone = build_backbone(fc.backbone, weights=fc.weights,
-                                       input_size=fc.input_size, seed=fc.seed, layer=fc.layer)
+                                       input_size=fc.input_size, seed=fc.seed, layer=fc.layer,
+                                       trainable_from=fc.trainable_from)
         # uint8 batches from resize(): normalised here, on the whole batch, rather
         # than image by image in the input pipeline, which shares the same CPUs.
         # One trace for every full batch; the short last batch adds one more.
@@ -240,6 +241,7 @@ def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict
         "backbone": fc.backbone, "weights": backbone.weights_id,
         # Only when set, so caches made before the option existed stay valid.
         **({"layer": backbone.layer} if backbone.layer else {}),
+        **({"trainable_from": backbone.trainable_from} if backbone.trainable_from else {}),
         "input_size": backbone.input_size, "grid_shape": list(backbone.grid_shape),
         "shard_size": fc.shard_size,
     }

@@ -180,7 +180,12 @@ def preprocess(images, spec: BackboneSpec, input_size: int) -> tf.Tensor:
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """A built backbone. `model` maps preprocessed (batch, s, s, 3) float32 images
-    to (batch, h, w, c) features; an exporter must track `model` for its variables."""
+    to (batch, h, w, c) features; an exporter must track `model` for its variables.
+
+    With trainable_from (see split_at), `model` is the frozen bottom, whose
+    output the cache holds (grid_shape is its shape), and `top` the rest, cut
+    grid (batch, h, w, c) -> the attended grid (batch, h, w, top_channels),
+    which the decoder runs and trains (models/projection.py)."""
 
     spec: BackboneSpec
     input_size: int
@@ -188,6 +193,9 @@ class Backbone:
     model: keras.Model
     weights_id: str
     layer: str = ""
+    trainable_from: str = ""
+    top: keras.Model | None = None
+    whole: keras.Model | None = None  # bottom + top, for where the cells look
 
     def preprocess(self, images) -> tf.Tensor:
         return preprocess(images, self.spec, self.input_size)
@@ -201,7 +209,7 @@ class Backbone:
     def cell_centres(self) -> dict:
         """{"rows": [...], "cols": [...]}: where each grid cell's receptive field is
         centred, as fractions of the image (see grid_geometry)."""
-        rows, cols = grid_geometry.cell_centres(self.model)
+        rows, cols = grid_geometry.cell_centres(self.whole or self.model)
         return {"rows": [round(float(v), 6) for v in rows],
                 "cols": [round(float(v), 6) for v in cols]}
 
@@ -211,12 +219,14 @@ class Backbone:
 
 
 def build_backbone(name: str, weights: str = "random", input_size: int = 0,
-                   seed: int = 0, layer: str = "") -> Backbone:
+                   seed: int = 0, layer: str = "", trainable_from: str = "") -> Backbone:
     """weights: "random" (seeded), "imagenet" or a path to an .h5 file;
     input_size: 0 = the backbone's native size; layer: the layer whose output is
     the grid ("" = the backbone's usual one). An earlier layer has a smaller
     receptive field: random SqueezeNet's last fire module sees ~207 px, more than
-    a small image, so nothing there is local; its fire5 sees ~63 px, pool3 ~31 px."""
+    a small image, so nothing there is local; its fire5 sees ~63 px, pool3 ~31 px.
+    trainable_from: where to cut the backbone into a frozen bottom and a
+    trainable top (split_at); "" = not cut."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[name]
@@ -253,8 +263,67 @@ def build_backbone(name: str, weights: str = "random", input_size: int = 0,
             raise ValueError(f"{name} has no layer {layer!r}; its layers: "
                              f"{', '.join(l.name for l in model.layers)}") from None
         model = keras.Model(model.input, output, name=f"{model.name}_{layer}")
-    grid_shape = tuple(int(d) for d in model.output.shape[1:])
-    return Backbone(spec, size, grid_shape, model, weights_id, layer)
+    if trainable_from:
+        bottom, top = split_at(model, trainable_from)
+        return Backbone(spec, size, _shape(bottom.output), bottom, weights_id, layer,
+                        trainable_from, top, model)
+    return Backbone(spec, size, _shape(model.output), model, weights_id, layer)
+
+
+def _shape(tensor) -> tuple[int, ...]:
+    return tuple(int(d) for d in tensor.shape[1:])
+
+
+def split_at(model: keras.Model, name: str) -> tuple[keras.Model, keras.Model]:
+    """model -> (bottom, top), bottom(x) -> the grid where the block `name`
+    starts, top(that grid) -> model(x); the two share model's layers (and weights).
+
+    `name` is a layer (VGG16's block5_conv1, InceptionV3's mixed9) or a block of
+    layers named name_* (SqueezeNet's fire6, ResNet's conv5_block1). The cut is
+    the latest tensor every path from the image to the block passes through:
+    the block's input where it has one (fire6: pool5; conv5_block1:
+    conv4_block6_out), and for a block whose first layers are not named after
+    it (InceptionV3's mixed9 names its last concatenation) the tensor its
+    branches start from (mixed8).
+
+    Refused: a name that is no layer or block, a cut past the model's output,
+    and a top that changes the grid's height or width (ResNet's conv5_block1
+    halves it): the cached grid and the attended grid are then different cells,
+    which the heatmaps and the features signature could not tell apart; the
+    error names the next block that would keep them.
+    """
+    names = [layer.name for layer in model.layers]
+    block = [i for i, n in enumerate(names) if n == name] or \
+        [i for i, n in enumerate(names) if n.startswith(name + "_")]
+    if not block:
+        raise ValueError(f"{model.name} has no layer or block {name!r} to train from; "
+                         f"its layers: {', '.join(names[1:])}")
+    first = block[0]
+    for candidate in reversed(model.layers[1:first]):
+        try:
+            top = keras.Model(candidate.output, model.output, name=f"{model.name}_top")
+        except ValueError:  # some path to the block goes around this tensor
+            continue
+        break
+    else:
+        candidate, top = None, None
+    if top is None or model.layers[first] not in top.layers:
+        raise ValueError(f"{model.name}: {name!r} has no single input grid to cut at")
+    bottom = keras.Model(model.input, candidate.output, name=f"{model.name}_bottom")
+    (h, w, _), (h2, w2, _) = _shape(candidate.output), _shape(model.output)
+    if (h, w) != (h2, w2):
+        # The first later block (named as ResNet's and SqueezeNet's layers are)
+        # whose first layer already reads the output's grid size.
+        starts = {}
+        for layer in model.layers[first:]:
+            starts.setdefault(layer.name.rsplit("_", 2)[0], layer)
+        later = [block for block, layer in starts.items() if block != name
+                 and not isinstance(layer.input, list) and _shape(layer.input)[:2] == (h2, w2)]
+        hint = f"; train from a later block, such as {later[0]!r}" if later else ""
+        raise ValueError(f"{model.name}: the top from {name!r} turns the {h}x{w} grid into "
+                         f"{h2}x{w2}; the cached and the attended grid must have the same "
+                         f"cells{hint}")
+    return bottom, top
 
 
 def cell_centres(name: str, input_size: int = 0, layer: str = "") -> dict:

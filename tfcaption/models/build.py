@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfcaption.config import ModelConfig, RunConfig
+from tfcaption.models.backbones import build_backbone
 from tfcaption.models.decoder import GRUDecoder
 from tfcaption.models.lstm import LSTMDecoder
 from tfcaption.models.transformer import TransformerDecoder
@@ -71,13 +72,41 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(before)
 
 
-def build_decoder(config: RunConfig, vocab_size: int, grid_shape):
+def backbone_top(config: RunConfig, weights: str | None = None):
+    """The backbone's top above features.trainable_from (None when it is not
+    set), with `weights` (default features.weights: ImageNet's, where training
+    starts from; "random" where a checkpoint's weights replace them)."""
+    fc = config.features
+    if not fc.trainable_from:
+        return None
+    return build_backbone(fc.backbone, weights=weights or fc.weights, input_size=fc.input_size,
+                          seed=fc.seed, layer=fc.layer, trainable_from=fc.trainable_from).top
+
+
+def top_variables(decoder) -> list:
+    """The trainable weights of decoder's backbone top ([] without one)."""
+    return list(decoder.top.trainable_variables) if decoder.top is not None else []
+
+
+def head_variables(decoder) -> list:
+    """decoder's trainable weights but the backbone top's: what the
+    cross-entropy phase trains (in decoder.trainable_variables' order)."""
+    top = {id(v) for v in top_variables(decoder)}
+    return [v for v in decoder.trainable_variables if id(v) not in top]
+
+
+def build_decoder(config: RunConfig, vocab_size: int, grid_shape, top=None):
     """A decoder of type config.model.decoder with its variables created (so
-    checkpoints restore into them), every one of them checkpointed."""
+    checkpoints restore into them), every one of them checkpointed. grid_shape:
+    the cached grid's; top: the backbone's top over it (backbone_top), run by
+    the decoder before its feature projection."""
     check_model(config.model)
     with dtype_policy(config.train.mixed_precision):
         decoder = DECODERS[config.model.decoder].from_config_dataclass(
             config.model, vocab_size, grid_shape=grid_shape)
+    if top is not None:
+        decoder.top = top
+        decoder.trainable_from = config.features.trainable_from
     h, w, c = grid_shape
     decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
     check_checkpointed(decoder)

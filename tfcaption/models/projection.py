@@ -40,6 +40,10 @@ class FeatureProjection:
             self.feature_proj = keras.layers.Dense(feature_dim, activation="relu",
                                                    name="feature_proj")
         self.positions = LocationEmbedding(name="positions") if position_embedding else None
+        # The backbone's trainable top (features.trainable_from), set by
+        # build.build_decoder: the cache then holds the grid below it.
+        self.top = None
+        self.trainable_from = ""
 
     def _projection_config(self) -> dict:
         return {"feature_dim": self.feature_dim, "position_embedding": self.position_embedding,
@@ -58,6 +62,8 @@ class FeatureProjection:
         image's work, broadcast over the batch. (feature_norm is still built and
         checkpointed as a layer: its variables keep their names.)
         """
+        if self.top is not None:
+            features = self.run_top(features)
         norm, proj = self.feature_norm, self.feature_proj
         if not norm.built:
             norm.build(features.shape)
@@ -80,6 +86,20 @@ class FeatureProjection:
             values = tf.nn.relu(tf.matmul(x, kernel * gamma[:, None])
                                 + tf.matmul(beta[None, :], kernel) + bias)
         return values
+
+    def run_top(self, features):
+        """The cut grid (batch, locations, channels) from the cache -> the
+        backbone's top over it, (batch, locations, top channels) float32.
+
+        Always in inference mode: BatchNorm layers (ResNet's, InceptionV3's)
+        keep ImageNet's moving statistics rather than normalising with
+        statistics of batches that hold several captions of one image; a
+        dropout in the top would stay off too. Runs in float32 whatever the
+        decoder's policy: its layers were built by the backbone, outside it."""
+        h, w = self.grid_shape
+        grid = tf.reshape(tf.cast(features, tf.float32), [-1, h, w, features.shape[-1]])
+        out = self.top(grid, training=False)
+        return tf.reshape(out, [-1, h * w, out.shape[-1]])
 
     def _build_projection(self, channels: int):
         if self.feature_kernel > 1:
