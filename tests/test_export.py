@@ -64,16 +64,18 @@ def eager(exported):
     return eager_outputs(exported.config, exported.blobs, exported.info)
 
 
-def eager_outputs(config, blobs, info):
-    """What the code in this process computes from config's checkpoint for the
-    image bytes `blobs`: the cache's image decoding and preprocessing, the
-    backbone, decoding.beam / greedy with the search settings of the export
-    `info` and config.decode.no_repeat_ngram, which the export fixes in its
-    graph. -> beam, greedy (dicts of OUTPUTS) and the backbone's grid."""
-    decoder, tokenizer, _, _ = checkpoints.restore_decoder(config)
+def eager_outputs(config, blobs, info, decoder=None):
+    """What the code in this process computes from config's checkpoint (or
+    `decoder`) for the image bytes `blobs`: the cache's image decoding and
+    preprocessing, the backbone (its bottom, with features.trainable_from),
+    decoding.beam / greedy with the search settings of the export `info` and
+    config.decode.no_repeat_ngram, which the export fixes in its graph. ->
+    beam, greedy (dicts of OUTPUTS) and the backbone's grid."""
+    restored, tokenizer, _, _ = checkpoints.restore_decoder(config)
+    decoder = decoder or restored
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
-                              seed=fc.seed)
+                              seed=fc.seed, trainable_from=fc.trainable_from)
     images = tf.stack([backbone.preprocess(features.decode_image(tf.constant(b)))
                        for b in blobs])
     grid = backbone(images)

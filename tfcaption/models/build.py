@@ -102,11 +102,10 @@ def build_decoder(config: RunConfig, vocab_size: int, grid_shape, top=None):
     the decoder before its feature projection."""
     check_model(config.model)
     with dtype_policy(config.train.mixed_precision):
+        more = {} if top is None else {"top": top,
+                                       "trainable_from": config.features.trainable_from}
         decoder = DECODERS[config.model.decoder].from_config_dataclass(
-            config.model, vocab_size, grid_shape=grid_shape)
-    if top is not None:
-        decoder.top = top
-        decoder.trainable_from = config.features.trainable_from
+            config.model, vocab_size, grid_shape=grid_shape, **more)
     h, w, c = grid_shape
     decoder((tf.zeros([1, h * w, c]), tf.zeros([1, 2], tf.int32)))
     check_checkpointed(decoder)

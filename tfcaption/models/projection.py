@@ -20,7 +20,7 @@ class FeatureProjection:
     """
 
     def _init_projection(self, feature_dim: int, position_embedding: bool,
-                         feature_kernel: int, grid_shape):
+                         feature_kernel: int, grid_shape, top=None, trainable_from: str = ""):
         self.feature_dim = feature_dim
         if feature_kernel > 1 and not grid_shape:
             raise ValueError("feature_kernel > 1 needs the grid's (height, width)")
@@ -40,10 +40,14 @@ class FeatureProjection:
             self.feature_proj = keras.layers.Dense(feature_dim, activation="relu",
                                                    name="feature_proj")
         self.positions = LocationEmbedding(name="positions") if position_embedding else None
-        # The backbone's trainable top (features.trainable_from), set by
-        # build.build_decoder: the cache then holds the grid below it.
-        self.top = None
-        self.trainable_from = ""
+        # The backbone's trainable top (features.trainable_from; see
+        # build.backbone_top): the cache then holds the grid below it. Given
+        # to the constructor, not set later: Keras 3 stops tracking new
+        # attributes after __init__, and the checkpoints would miss it.
+        if top is not None and not grid_shape:
+            raise ValueError("a backbone top needs the cached grid's (height, width)")
+        self.top = top
+        self.trainable_from = trainable_from
 
     def _projection_config(self) -> dict:
         return {"feature_dim": self.feature_dim, "position_embedding": self.position_embedding,
@@ -98,8 +102,13 @@ class FeatureProjection:
         decoder's policy: its layers were built by the backbone, outside it."""
         h, w = self.grid_shape
         grid = tf.reshape(tf.cast(features, tf.float32), [-1, h, w, features.shape[-1]])
-        out = self.top(grid, training=False)
-        return tf.reshape(out, [-1, h * w, out.shape[-1]])
+        channels = self.top.output.shape[-1]
+        if grid.shape[0]:  # a static batch (training's): never empty
+            out = self.top(grid, training=False)
+        else:  # a SavedModel's request may hold no image, and convolutions reject none
+            out = tf.cond(tf.shape(grid)[0] > 0, lambda: self.top(grid, training=False),
+                          lambda: tf.zeros([0, h, w, channels]))
+        return tf.reshape(out, [-1, h * w, channels])
 
     def _build_projection(self, channels: int):
         if self.feature_kernel > 1:

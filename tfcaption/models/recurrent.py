@@ -34,7 +34,7 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                  attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
                  gate: bool = True, init_from_features: bool = True,
                  position_embedding: bool = False, feature_kernel: int = 1, grid_shape=None,
-                 **kwargs):
+                 top=None, trainable_from: str = "", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -46,7 +46,8 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         # The layers are made in this order on purpose: it is the order of
         # trainable_variables, by which the optimizer's checkpointed slots are
         # indexed, so GRU checkpoints from before this base class still resume.
-        self._init_projection(feature_dim, position_embedding, feature_kernel, grid_shape)
+        self._init_projection(feature_dim, position_embedding, feature_kernel, grid_shape, top,
+                              trainable_from)
         self.attention = BahdanauAttention(attention_units, name="attention")
         self._init_state_layers()
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")

@@ -143,7 +143,7 @@ class TransformerDecoder(FeatureProjection, keras.Model):
 
     def __init__(self, vocab_size: int, units: int = 512, num_layers: int = 2, heads: int = 4,
                  feature_dim: int = 512, dropout: float = 0.1, feature_kernel: int = 1,
-                 grid_shape=None, **kwargs):
+                 grid_shape=None, top=None, trainable_from: str = "", **kwargs):
         super().__init__(**kwargs)
         if units % heads or units % 2:
             raise ValueError(f"units {units} must be even and a multiple of heads {heads}")
@@ -152,7 +152,7 @@ class TransformerDecoder(FeatureProjection, keras.Model):
         self.dropout_rate = dropout
         # The location embedding is always on: attention over the grid is blind
         # to where a cell is, and captions say "left of".
-        self._init_projection(feature_dim, True, feature_kernel, grid_shape)
+        self._init_projection(feature_dim, True, feature_kernel, grid_shape, top, trainable_from)
         # N(0, 1/units) scaled by sqrt(units) below: unit-sized entries, the
         # scale of the sinusoids they are added to.
         self.embedding = keras.layers.Embedding(
