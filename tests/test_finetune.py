@@ -24,7 +24,8 @@ SCORES = {8: 0.9, 16: 0.5, 24: 1.0, 36: 0.7}
 
 def finetuned(root, name, **train):
     config = tiny_run(root, **{"epochs": 2, "finetune_epochs": 1, "rl_epochs": 1,
-                               "backbone_learning_rate": 1e-2, "deterministic": True, **train})
+                               "backbone_learning_rate": 1e-2, "rl_backbone_learning_rate": 1e-3,
+                               "deterministic": True, **train})
     config.features.trainable_from = "fire6"
     config.train.train_dir = str(root / name)
     return config
@@ -104,7 +105,8 @@ def test_phases_start_from_the_best_checkpoint_and_only_later_ones_train_the_top
     with open(f"{config.train.train_dir}/best.json") as f:
         chosen = json.load(f)
     assert (chosen["phase"], chosen["step"]) == ("fine-tune", 24)
-    # SCST trained the top too: the last weights differ from the best's.
+    # SCST trained the top too (rl_backbone_learning_rate): the last weights
+    # differ from the best's.
     last = top_weights(config, summary["latest_checkpoint"])
     tuned = top_weights(config, summary["best_checkpoint"])
     assert max(float(np.abs(a - b).max()) for a, b in zip(last, tuned)) > 0
@@ -177,3 +179,13 @@ def test_the_saved_model_serves_the_fine_tuned_top(reference, cut, tmp_path):
         v.assign(w)
     untuned = eager_outputs(config, blobs, info, decoder=decoder)
     assert np.abs(untuned.beam["scores"] - eager.beam["scores"]).max() > 1e-3
+
+
+def test_scst_leaves_the_top_alone_without_a_rate_and_the_top_rate_switches(cut):
+    config = finetuned(cut, "rates", rl_backbone_learning_rate=0.0)
+    trainer = training.make_trainer(config)
+    assert trainer.variables("rl")[1] == [] and trainer.variables("xe")[1] == []
+    assert len(trainer.variables("ft")[1]) == len(trainer.decoder.top.trainable_variables) > 0
+    rate = trainer.top_optimizer.learning_rate_schedule if hasattr(
+        trainer.top_optimizer, "learning_rate_schedule") else trainer.top_optimizer._learning_rate
+    np.testing.assert_allclose([float(rate(s)) for s in (0, 7, 8, 20)], [1e-2, 1e-2, 0, 0])

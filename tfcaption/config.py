@@ -162,9 +162,10 @@ class TrainConfig:
     # of cross-entropy after the first phase, from its best checkpoint, the top
     # trained at backbone_learning_rate (its own Adam), the rest going on at the
     # decoder's learning rate where its schedule ended. SCST then trains the
-    # top too, at the same rate.
+    # top at rl_backbone_learning_rate (0: leaves it as fine-tuning did).
     finetune_epochs: int = 0
     backbone_learning_rate: float = 1e-4
+    rl_backbone_learning_rate: float = 0.0
     # Self-critical sequence training (tfcaption/scst.py): rl_epochs > 0 adds a
     # second phase that starts from the best cross-entropy checkpoint and
     # trains on the reward of sampled captions. Its batches hold rl_images

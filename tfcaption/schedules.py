@@ -40,3 +40,18 @@ class Constant(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"rate": self.rate}
+
+
+class TwoRates(keras.optimizers.schedules.LearningRateSchedule):
+    """`first` for the optimizer's first `steps` steps, then `then`: the
+    backbone top's rate in fine-tuning, then in SCST (its optimizer steps in
+    those two phases only, so its own step count says which one it is in)."""
+
+    def __init__(self, first: float, then: float, steps: int):
+        self.first, self.then, self.steps = first, then, steps
+
+    def __call__(self, step):
+        return tf.where(tf.cast(step, tf.int64) < self.steps, self.first, self.then)
+
+    def get_config(self):
+        return {"first": self.first, "then": self.then, "steps": self.steps}

@@ -33,7 +33,7 @@ from tfcaption.data import pipeline, text
 from tfcaption.models.build import (backbone_top, build_decoder, check_model, head_variables,
                                     top_variables)
 from tfcaption.models.captioner import caption_loss
-from tfcaption.schedules import Constant, WarmupCosine
+from tfcaption.schedules import Constant, TwoRates, WarmupCosine
 
 log = logging.getLogger("tfcaption.train")
 
@@ -106,9 +106,10 @@ class Trainer:
 
     def variables(self, phase: str) -> tuple[list, list]:
         """(the decoder's own weights, the backbone top's) the phase trains:
-        the top in fine-tuning, and in SCST after fine-tuning."""
+        the top in fine-tuning, and in SCST after it when given a rate."""
         top = top_variables(self.decoder) if phase == "ft" or (
-            phase == "rl" and self.top_optimizer is not None) else []
+            phase == "rl" and self.top_optimizer is not None
+            and self.config.train.rl_backbone_learning_rate > 0) else []
         return head_variables(self.decoder), top
 
 
@@ -201,8 +202,8 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
         optimizer = adam(WarmupCosine(tc.learning_rate, tc.warmup_steps, xe_total,
                                       tc.min_learning_rate_ratio), head)
         rl_optimizer = adam(Constant(tc.rl_learning_rate), head) if rl_data else None
-        top_optimizer = adam(Constant(tc.backbone_learning_rate), top_variables(decoder)) \
-            if ft_total else None
+        top_optimizer = adam(TwoRates(tc.backbone_learning_rate, tc.rl_backbone_learning_rate,
+                                      ft_total), top_variables(decoder)) if ft_total else None
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
