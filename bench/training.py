@@ -96,6 +96,7 @@ from tfcaption.data.example import Example  # noqa: E402
 from tfcaption.models.captioner import target_mask  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import finetune  # noqa: E402
 from tutorial_model import make_tutorial_step  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
@@ -146,8 +147,8 @@ def synthetic_captions(images: int, seed: int = 0):
 
 
 def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[str],
-                seed: int = 0) -> None:
-    """A one-shard train cache: random float16 grids + the given captions.
+                seed: int = 0, grid: tuple[int, int, int] = GRID) -> None:
+    """A one-shard train cache: random float16 grids (h, w, c) + the given captions.
 
     Records, sidecar and manifest come from features.py's own writers, so this
     cache cannot drift from the format `tfcaption extract` writes."""
@@ -159,17 +160,17 @@ def write_cache(cache_dir: str, captions: list[list[str]], vocab_captions: list[
     with tf.io.TFRecordWriter(os.path.join(out, f"{name}.tfrecord")) as writer:
         for ex in examples:
             # Non-negative, like a ReLU backbone's output.
-            grid = np.abs(rng.standard_normal((GRID[0] * GRID[1], GRID[2]), np.float32))
-            writer.write(features._serialize(ex.image_id, grid, ex))
+            cells = np.abs(rng.standard_normal((grid[0] * grid[1], grid[2]), np.float32))
+            writer.write(features._serialize(ex.image_id, cells, ex))
     io.write_json(os.path.join(out, features.sidecar_name(name)),
                   {"count": len(examples),
                    "image_ids": [ex.image_id for ex in examples], "skipped": []})
-    fingerprint = {"source": "bench", "split": "train", "backbone": "inception_v3 (random)",
-                   "weights": "random", "input_size": 299, "grid_shape": list(GRID)}
+    fingerprint = {"source": "bench", "split": "train", "backbone": "random grids",
+                   "weights": "random", "input_size": 0, "grid_shape": list(grid)}
     config = RunConfig(data=DataConfig(max_vocab=VOCAB),
                        features=FeatureConfig(cache_dir=cache_dir))
     # Random grids have no geometry: cells as equal slices (only heatmaps read it).
-    centres = {k: v.tolist() for k, v in slice_centres(*GRID[:2]).items()}
+    centres = {k: v.tolist() for k, v in slice_centres(*grid[:2]).items()}
     features._write_manifest(config, "train", out, [name], fingerprint, examples, centres)
     # The vocabulary of the whole train split, as `tfcaption extract` writes it.
     vocab = text.build_vocabulary(vocab_captions, 1, VOCAB)
@@ -356,12 +357,25 @@ def main() -> int:
                         "calls": 1, "scst": True,
                         "sampled": sum(int(f.shape[0]) for f, _ in scst_batches) * samples}
         log(f"scst: traced in {warm:.1f} s")
+        # The backbone top (features.trainable_from) at the Flickr8k default's
+        # sizes: frozen, in the step but frozen, trained (bench/finetune.py).
+        top_configs = finetune.configs(tmp, os.path.join(tmp, "train-top"), batch_size)
+        finetune.write_caches(top_configs, write_cache, captions, vocab_captions)
+        top_runs = {}
+        for label, (step, batches) in finetune.steps(top_configs, draw_batches,
+                                                     args.steps).items():
+            warm = run_steps(step, list({tuple(t.shape): (f, t) for f, t in batches}.values()))
+            top_runs[label] = {"step": step, "batches": batches, "times": [], "calls": 1}
+            runs[f"top: {label}"] = top_runs[label]
+            log(f"top: {label}: traced in {warm:.1f} s")
         references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
                       "matmul 1024^3 XLA": matmul_loop(1024, 8, jit=True)}
         for fn, x, _ in references.values():
             fn(x).numpy()
         log("matmul references traced")
         ref_times: dict[str, list[float]] = {k: [] for k in references}
+        top_memory = finetune.measure_memory(tmp, batch_size, args.fixed_steps) \
+            if not args.quick else {}
         for r in range(args.rounds):
             for label, run in runs.items():
                 run["times"].append(run_steps(run["step"], run["batches"], run["calls"]))
@@ -388,6 +402,8 @@ def main() -> int:
           f"{sample['real'] / (len(sample['batches']) * batch_size):.1f} real tokens "
           "(words + <end>) per caption in the bucketed batches\n")
     scst = runs.pop("scst")  # its own table below
+    for label in top_runs:  # their own table below
+        runs.pop(f"top: {label}")
     # Captions per second of each run (masked rows, which fill a batch, excluded).
     captions = {label: sum(float(tf.reduce_sum(tf.cast(t[:, 0] != 0, tf.float32)))
                            for _, t in r["batches"]) / min(r["times"])
@@ -417,6 +433,11 @@ def main() -> int:
     print(f"{'scst':<18}{len(scst['batches']) / t_scst:>9.3f}{scst_images / t_scst:>10.1f}"
           f"{scst['sampled'] / t_scst:>12.1f}   (sampled, {rl_config.train.rl_samples} per "
           "image, rewarded and trained on)")
+    print("\nThe backbone's top (features.trainable_from=fire6: fire6..fire9 over the "
+          "13x13x256 cache, SqueezeNet at 224 px) at the Flickr8k default's sizes (LSTM "
+          f"E256 U512 A256 F256, batch {batch_size}), same process; peak memory from a "
+          f"process of its own per row{' (not measured with --quick)' if args.quick else ''}:")
+    print(finetune.table(top_runs, top_memory))
     rate = {label: r["real"] / min(r["times"]) for label, r in runs.items()}
     print("\nreal tokens/s relative to bucketed: " + ", ".join(
         f"{label} {r / rate['bucketed']:.2f}" for label, r in rate.items() if label != "bucketed"))

@@ -17,7 +17,7 @@ def test_training_bench_quick_prints_its_table():
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ("own longest", "bucketed bf16", "grouped x5", "fixed-32 + XLA",
                 "fixed-32 4/call", "matmul 1024^3", "tutorial-style", "scst",
-                "lstm bucketed", "transformer buck."):
+                "lstm bucketed", "transformer buck.", "top, frozen", "top trained"):
         assert row in out.stdout
 
 
