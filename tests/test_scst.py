@@ -271,9 +271,9 @@ def test_cross_entropy_stopped_early_goes_on_to_scst(cached, monkeypatch):
 
     monkeypatch.setattr(training, "validate", validate)
     starts = []
-    original = training._start_scst
-    monkeypatch.setattr(training, "_start_scst",
-                        lambda trainer, step: (starts.append(step), original(trainer, step)))
+    original = training._start_phase
+    monkeypatch.setattr(training, "_start_phase", lambda trainer, phase, step, first: (
+        starts.append(step), original(trainer, phase, step, first)))
     config = fresh(cached, "stopped", epochs=4, rl_epochs=1, patience=1)
     summary = training.train(config, progress=False)
     xe_steps = summary["total_steps"] - summary["scst_steps"]
