@@ -362,10 +362,12 @@ def main() -> int:
         top_configs = finetune.configs(tmp, os.path.join(tmp, "train-top"), batch_size)
         finetune.write_caches(top_configs, write_cache, captions, vocab_captions)
         top_runs = {}
-        for label, (step, batches) in finetune.steps(top_configs, draw_batches,
-                                                     args.steps).items():
-            warm = run_steps(step, list({tuple(t.shape): (f, t) for f, t in batches}.values()))
-            top_runs[label] = {"step": step, "batches": batches, "times": [], "calls": 1}
+        # (top_step, not step: the tutorial's lambda above reads `step` when called)
+        for label, (top_step, batches) in finetune.steps(top_configs, draw_batches,
+                                                         args.steps).items():
+            warm = run_steps(top_step,
+                             list({tuple(t.shape): (f, t) for f, t in batches}.values()))
+            top_runs[label] = {"step": top_step, "batches": batches, "times": [], "calls": 1}
             runs[f"top: {label}"] = top_runs[label]
             log(f"top: {label}: traced in {warm:.1f} s")
         references = {"matmul 1024^3": matmul_loop(1024, 8, jit=False),
