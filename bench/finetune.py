@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -71,21 +70,27 @@ def steps(made: dict, draw_batches, count: int) -> dict:
 
 
 def memory(label: str, root: str, batch_size: int, count: int) -> dict:
-    """Peak RSS (MB) of this process after `count` steps of `label`, and what
-    the steps added to the RSS before them (caches written by the parent)."""
+    """The peak RSS (MB) of this process while it runs `count` steps of
+    `label` (traced beforehand), and how much that is above its RSS before
+    them (the caches were written by the parent). Linux: the peak is reset
+    after the set-up (/proc/self/clear_refs), whose own peak is not the step's."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from training import draw_batches, run_steps  # bench/training.py
     made = configs(root, tempfile.mkdtemp(prefix="tfcaption-bench-mem-"), batch_size)
     step, batches = steps({label: made[label]}, draw_batches, count)[label]
-    before = _rss_mb()
+    run_steps(step, list({tuple(t.shape): (f, t) for f, t in batches}.values()))  # traces
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, the peak resident set
+    before = _status_mb("VmRSS")
     run_steps(step, batches)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     return {"peak_mb": peak, "added_mb": peak - before}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def measure_memory(root: str, batch_size: int, count: int) -> dict:

@@ -18,15 +18,17 @@ Runtime:   on the 2-core CPU: feature cache 32 s (83 KB an image, against
            epoch), SCST 1 epoch of 501 steps (~10 min alone); ~50 min of
            training in all, against ~30-35 for flickr8k_squeezenet.py. The
            measured run shared the CPU (69 min).
-Scores:    dev split, beam 3, coco-caption (pycocoevalcap, PTB tokenizer). One
-           run, the best checkpoint by greedy validation CIDEr-D:
+Scores:    dev split, beam 3, coco-caption (pycocoevalcap, PTB tokenizer),
+           the best checkpoint by greedy validation CIDEr-D:
 
            FINE-TUNING DID NOT HELP HERE. Greedy validation CIDEr-D after
            cross-entropy epoch 7 (the best) 0.422; after fine-tune epochs 1
-           and 2 at backbone_learning_rate=1e-4: 0.417, 0.410; at 1e-5 (the
-           same run from the same checkpoint): 0.425, 0.417. So SCST started
-           from the cross-entropy checkpoint, and the run ends where the
-           frozen pipeline does:
+           and 2 at backbone_learning_rate=1e-4: 0.417, 0.410; at 1e-5 (3
+           epochs, from the same checkpoint): 0.425, 0.417, 0.418. So SCST started
+           from the cross-entropy checkpoint (at 1e-4) or from fine-tune
+           epoch 1 (at 1e-5, a second run from a copy of the first one's
+           cross-entropy checkpoint, whose epoch 8 it redid to the same
+           0.417), and both end below the frozen pipeline:
 
            run                         BLEU-1  BLEU-2  BLEU-3  BLEU-4  METEOR  ROUGE_L  CIDEr-D
            frozen (flickr8k_squeezenet.py)
@@ -34,6 +36,8 @@ Scores:    dev split, beam 3, coco-caption (pycocoevalcap, PTB tokenizer). One
              + SCST                    0.619   0.434   0.297   0.201   0.187   0.443    0.461
            fire6 trainable, 1e-4 (this file)
              + SCST (from XE epoch 7)  0.613   0.430   0.297   0.202   0.184   0.438    0.446
+           fire6 trainable, 1e-5, 3 fine-tune epochs
+             + SCST (from FT epoch 1)  0.606   0.424   0.292   0.198   0.184   0.437    0.451
 
            The training loss kept falling through fine-tuning (2.55 -> ~2.5
            a token) while validation fell: the top's 0.60 M weights over 6000
