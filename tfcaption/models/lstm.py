@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from tfcaption.models.recurrent import RecurrentDecoder
 
@@ -30,6 +31,15 @@ class LSTMDecoder(RecurrentDecoder):
     def hidden(self, state):
         return state[0]
 
-    def recur(self, inputs, state, training):
-        h, (h, c) = self.cell(inputs, list(state), training=training)
+    def _cell_variables(self):
+        cell = self.cell
+        return cell.kernel, cell.recurrent_kernel, cell.bias, None
+
+    def cell_step(self, x, state, weights):
+        """keras.layers.LSTMCell's math (gates i, f, c, o), x already projected
+        (the bias included)."""
+        h, c = state
+        i, f, g, o = tf.split(x + tf.matmul(h, weights[1]), 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
         return h, (h, c)

@@ -26,8 +26,13 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
     h (batch, units); alpha (batch, locations), float32.
 
     Subclasses define `_init_state_layers`, `_make_cell`, `initial_state(mean)
-    -> state`, `hidden(state) -> h` and `recur(inputs, state, training) -> (h,
-    state)`.
+    -> state`, `hidden(state) -> h`, `_cell_variables()` (kernel, recurrent
+    kernel, input bias, recurrent bias or None) and `cell_step(x, state,
+    weights) -> (h, state)`: the Keras cell's math on its own variables, with
+    the input x already multiplied by the kernel. The cell is a holder of
+    weights, so that teacher forcing can take the words' share of that
+    product, the deep output and the dropout out of its loop (see
+    teacher_forced).
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, units: int = 512,
@@ -112,16 +117,37 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         context_tap: zeros (batch, channels) added to the context, through which
         teacher_forced takes the context's gradient out of its loop.
         """
-        query = self.hidden(state)
+        context, alpha = self.attend(self.hidden(state), values, keys, context_tap)
+        embedded = self.embedding(token)
+        h, state = self.recur(tf.concat([embedded, context], axis=-1), state)
+        return self.deep_output(embedded, h, context, training), state, alpha
+
+    def attend(self, query, values, keys, context_tap=None):
+        """The gated context (batch, feature_dim) and alpha (batch, locations)."""
         context, alpha = self.attention(values, keys, query)
         if context_tap is not None:
             context = context + context_tap
         if self.gate_layer is not None:
             context = context * self.gate_layer(query)
-        embedded = self.embedding(token)
-        h, state = self.recur(tf.concat([embedded, context], axis=-1), state, training)
+        return context, alpha
+
+    def deep_output(self, embedded, h, context, training):
+        """E y + L_h h + L_z z, dropped out: (..., embedding_dim)."""
         output = embedded + self.out_h(h) + self.out_z(context)
-        return self.drop(output, training=training), state, alpha
+        return self.drop(output, training=training)
+
+    def cell_weights(self, input_dim: int):
+        """The cell's variables (see _cell_variables) in its compute dtype; the
+        cell is built on first use, for inputs of input_dim (word + context)."""
+        if not self.cell.built:
+            self.cell.build((None, input_dim))
+        dtype = self.cell.compute_dtype
+        return tuple(None if w is None else tf.cast(w, dtype) for w in self._cell_variables())
+
+    def recur(self, inputs, state):
+        """The cell's step: inputs (batch, embedding_dim + feature_dim) -> (h, state)."""
+        weights = self.cell_weights(inputs.shape[-1])
+        return self.cell_step(tf.matmul(inputs, weights[0]) + weights[2], state, weights)
 
     def project(self, output):
         """(..., embedding_dim) -> float32 logits (..., vocab_size)."""
@@ -156,13 +182,31 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
                  tf.zeros([batch, tf.shape(values)[1]], tf.float32))
         if sampling is None:
-            def one(carry, inputs):
-                _, state, _ = carry
-                token, tap = inputs
-                return self.advance(token, state, frozen, keys, training=training,
-                                    context_tap=tap)
+            # `advance` step by step, with what does not depend on the state
+            # done for all steps at once, outside the loop: the words'
+            # embedding and their share of the cell's input product (its
+            # kernel's first embedding_dim rows), the deep output and its
+            # dropout. The loop keeps attention, gate and cell; the loop's
+            # backward pass no longer sums the weight gradients of the
+            # others step by step.
+            embedded = self.embedding(inputs)  # (steps, batch, embedding_dim)
+            weights = self.cell_weights(self.embedding_dim + values.shape[-1])
+            kernel, input_bias = weights[0], weights[2]
+            words, from_context = kernel[:self.embedding_dim], kernel[self.embedding_dim:]
+            words_in = tf.einsum("tbe,eg->tbg", embedded, words) + input_bias
 
-            outputs, _, alphas = tf.scan(one, (inputs, taps), initializer=first)
+            def one(carry, inputs):
+                _, _, state, _ = carry
+                word_in, tap = inputs
+                context, alpha = self.attend(self.hidden(state), frozen, keys, tap)
+                h, state = self.cell_step(word_in + tf.matmul(context, from_context), state,
+                                          weights)
+                return h, context, state, alpha
+
+            first = (tf.zeros_like(self.hidden(state)), tf.zeros_like(values[:, 0]), state,
+                     first[2])
+            hs, contexts, _, alphas = tf.scan(one, (words_in, taps), initializer=first)
+            outputs = self.deep_output(embedded, hs, contexts, training)
             logits = self.project(tf.transpose(outputs, [1, 0, 2]))
         else:
             one, extra = self._sampled_step(frozen, keys, training, steps, batch, *sampling)
