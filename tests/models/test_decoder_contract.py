@@ -128,6 +128,25 @@ def test_step_loop_equals_teacher_forcing(name):
     assert_step_is_teacher_forcing(tiny_decoder(name))
 
 
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_the_recurrent_cells_math_is_the_keras_cells(name):
+    """cell_step (the math teacher forcing and step run on the cell's own
+    variables) equals calling the Keras cell, with every weight and bias
+    random and far from zero."""
+    decoder = tiny_decoder(name, spread=0.7)
+    decoder.teacher_forced(*batch())  # builds the cell
+    rng = np.random.default_rng(1)
+    inputs = tf.constant(rng.normal(size=(5, decoder.cell.kernel.shape[0])), tf.float32)
+    state = tf.nest.map_structure(
+        lambda _: tf.constant(rng.normal(size=(5, decoder.units)), tf.float32),
+        decoder.initial_state(tf.zeros([5, decoder.feature_dim])))
+    h, new_state = decoder.recur(inputs, state)
+    keras_h, keras_state = decoder.cell(inputs, list(tf.nest.flatten(state)))
+    np.testing.assert_allclose(h.numpy(), keras_h.numpy(), atol=1e-5)
+    for ours, theirs in zip(tf.nest.flatten(new_state), keras_state):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", DECODERS)
 def test_teacher_forcing_has_the_gradients_of_a_loop_over_step(name):
     assert_gradients_of_a_loop_over_step(tiny_decoder(name))
