@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcaption import checkpoints, export, serving, training
+from tfcaption import checkpoints, decoding, export, serving, tflite_export, training
 from tfcaption.data import features
 from tfcaption.models.backbones import build_backbone
 from tfcaption.models.build import head_variables, top_variables
@@ -181,6 +181,35 @@ def test_the_saved_model_serves_the_fine_tuned_top(reference, cut, tmp_path):
         v.assign(w)
     untuned = eager_outputs(config, blobs, info, decoder=decoder)
     assert np.abs(untuned.beam["scores"] - eager.beam["scores"]).max() > 1e-3
+
+
+def test_the_tflite_model_runs_the_fine_tuned_top(reference, cut, tmp_path):
+    """The TFLite export (uint8 pixels in) holds the bottom and the fine-tuned
+    top: its greedy captions, scores and attention are this process's over
+    the bottom's grid with the fine-tuned decoder (the top inside it)."""
+    config, max_len = reference.config, 8
+    out = tflite_export.export_tflite(config, str(tmp_path / "tflite"), max_len=max_len)
+    fc = config.features
+    backbone = build_backbone(fc.backbone, fc.weights, fc.input_size, fc.seed,
+                              trainable_from="fire6")
+    blobs = [(cut / "img" / f"{i:04d}.{'png' if i % 4 == 1 else 'jpg'}").read_bytes()
+             for i in range(4)]
+    images = tf.stack([backbone.resize(features.decode_image(tf.constant(b))) for b in blobs])
+    h, w, c = backbone.grid_shape
+    assert (h, w, c) == (3, 3, 256)  # the bottom's grid: the top runs in the decoder
+    grid = tf.reshape(backbone(backbone.normalize(images)), [-1, h * w, c])
+    decoder = checkpoints.restore_decoder(config)[0]
+    eager = dict(zip(tflite_export.OUTPUTS, [x.numpy() for x in decoding.greedy(
+        decoder, grid, max_len, config.decode.no_repeat_ngram)]))
+    found = tflite_export.run(f"{out}/model.tflite", images.numpy())
+    np.testing.assert_array_equal(found["tokens"], eager["tokens"])
+    np.testing.assert_allclose(found["scores"], eager["scores"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(found["attention"], eager["attention"].reshape(-1, max_len, h, w),
+                               atol=1e-5)
+    for v, w0 in zip(decoder.top.weights, initial_top(config)):  # the untuned top differs
+        v.assign(w0)
+    untuned = decoding.greedy(decoder, grid, max_len, config.decode.no_repeat_ngram)
+    assert np.abs(untuned[2].numpy() - found["scores"]).max() > 1e-3
 
 
 def test_scst_leaves_the_top_alone_without_a_rate_and_the_top_rate_switches(cut):
