@@ -18,9 +18,10 @@ Configurations, each measured alternately with the others and the matmul
 reference in one process (round 1, round 2, ...), best round kept:
 
     own longest    the same batches cut to their own longest caption (what the
-                   pipeline did before: one trace per caption length)
+                   pipeline did before)
     bucketed       the default: length buckets, each batch padded to its bucket's
-                   boundary (one trace per boundary)
+                   boundary (XLA compiles once per boundary; without XLA the
+                   step traces twice in all, training.make_step)
     bucketed bf16  the same under train.mixed_precision=mixed_bfloat16
     grouped x5     pipeline.captions_per_image=5: batches of 65 captions from 13
                    images, each image encoded once for its 5 captions (bucketed too)
@@ -327,7 +328,7 @@ def main() -> int:
             runs[label] = {"step": step, "batches": batches, "real": real, "images": images,
                            "padded": padded, "warm": warm, "shapes": len(shapes), "times": [],
                            "calls": calls}
-            log(f"{label}: {len(shapes)} shape(s) traced in {warm:.1f} s")
+            log(f"{label}: {len(shapes)} shape(s) run in {warm:.1f} s (the first call of each)")
         # The tutorial's step on the same pairs, each caption padded to 50 tokens.
         pairs = runs["bucketed"]
         tutorial = [(f, batches_module.pad_tokens(t, TUTORIAL_TOKENS))
@@ -447,10 +448,11 @@ def main() -> int:
     print(f"captions/s against the tutorial-style step (Flickr8k captions, the tutorial's "
           f"sizes): {best} {captions[best] / captions['tutorial-style']:.1f}x, bucketed "
           f"{captions['bucketed'] / captions['tutorial-style']:.1f}x")
-    print("warm-up: tracing (and XLA compiling) once per distinct batch shape: "
+    print("warm-up: the first call of each distinct batch shape (the step traces twice "
+          "in all without XLA, once per shape with it): "
           f"{runs['bucketed']['shapes']} shapes among the bucketed batches (padded to "
           f"bucket boundaries), {runs['own longest']['shapes']} when each batch is cut to "
-          "its own longest caption (as before)")
+          "its own longest caption")
     return 0
 
 

@@ -158,12 +158,27 @@ def test_captions_grouped_by_image_train_and_split_across_replicas(cached):
         training.make_trainer(config, TWO())
 
 
-def test_the_step_traces_once_per_bucket(cached):
+def widths_of(trainer, epochs=2) -> dict:
+    """A batch of each token width the run's batches have, by width."""
+    seen = {}
+    for features, tokens in trainer.data.dataset(0, epochs):
+        seen.setdefault(int(tokens.shape[1]), (features, tokens))
+    return seen
+
+
+def test_the_step_traces_twice_off_xla_and_once_per_width_under_it(cached):
     config = fresh(cached, "traces", epochs=2)
-    summary = training.train(config, progress=False)
-    buckets = training.pipeline.batches.boundaries(
-        config.pipeline.bucket_boundaries, 10, fixed=False)
-    assert 1 < summary["step_traces"] <= len(buckets)
+    config.pipeline.bucket_boundaries = (6, 7)  # captions of 5-8 tokens: 3 widths
+    assert len(widths_of(training.make_trainer(config))) == 3  # else 2 tells nothing
+    assert training.train(config, progress=False)["step_traces"] == 2
+    # XLA compiles for static shapes (TPUs need them): one trace per width.
+    config = fresh(cached, "traces-xla", jit_compile=True)
+    config.pipeline.bucket_boundaries = (6, 7)
+    trainer = training.make_trainer(config)
+    step = training.make_step(trainer)
+    for features, tokens in widths_of(trainer).values():
+        step(features, tokens)
+    assert round(trainer.traces) == 3
     config = fresh(cached, "traces-fixed", epochs=2)
     config.pipeline.fixed_shapes = True
     assert training.train(config, progress=False)["step_traces"] == 1

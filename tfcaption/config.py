@@ -75,9 +75,10 @@ class PipelineConfig:
     shuffle_window: int = 4096
     # Token lengths (with <start> and <end>) batches are padded to; one more at
     # max_caption_words + 2 is always added. Every batch has batch_size rows and
-    # one of these lengths, so the train step traces once per boundary. One per
-    # length where captions are common: on Flickr8k 98% of the padded tokens
-    # are real (0.87 with (8, 12, 16, 20)), for 13 traces instead of 5.
+    # one of these lengths, so under XLA or on a TPU the train step traces (and
+    # compiles) once per boundary; elsewhere twice in all (training.make_step).
+    # One per length where captions are common: on Flickr8k 98% of the padded
+    # tokens are real (0.87 with (8, 12, 16, 20)), for 13 compiles instead of 5.
     bucket_boundaries: tuple[int, ...] = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 24)
     # One length for every batch (max_caption_words + 2): one trace in all,
     # what steps_per_execution > 1 on a TPU needs.
