@@ -10,24 +10,32 @@ Recipe:    cross-entropy on captions grouped by image, 2 per image (64 captions,
            every machine; train.max_minutes=20 is only a guard, and a run it
            cuts says so loudly (and finishes when run again with --set
            train.max_minutes=0).
-Runtime:   5 min 15 s for `tfcaption run pipelines/synthetic.py` after the
-           install (what `make demo` runs), on the 2-core CPU (quiet): world
-           31 s, feature cache and SCST document frequencies 8 s,
-           cross-entropy 1034 steps and SCST 250 steps 4 min 8 s (~0.15 s a
-           cross-entropy step, 11 traces, greedy validation of 150 images
-           after each epoch), evaluation 19 s, export and report 13 s. An
-           earlier measurement of the same recipe on a busier machine took
-           6 min 20 s (~0.19 s a step); the scores do not depend on it (the
-           budget is in steps).
+Runtime:   after the install (what `make demo` runs), on 2-core CPUs: 6 min 9 s
+           on a machine whose float32 matmul runs ~217 GFLOP/s: world 30 s,
+           feature cache and SCST document frequencies 8 s, cross-entropy
+           1034 steps (~0.2 s a step, greedy validation of 150 images after
+           each epoch) 3 min 30 s, SCST 250 steps, evaluation, export and
+           report 2 min. 5 min 15 s on a faster one (~324 GFLOP/s). The
+           first machine took 7 min 59 s half an hour earlier, before the
+           train step stopped tracing once per bucket width (10 traces of
+           ~2.5 s, now 2): ~18 s of that gap is the tracing, the rest the
+           machine's load, which moved that much within the hour. The
+           scores do not depend on the machine's speed: the budget is in
+           steps; its arithmetic can move the last digits (below).
 Scores:    test split (300 images), beam 3, no-repeat 3, coco-caption metrics:
-           BLEU-4 0.69  METEOR 0.42  ROUGE_L 0.79  CIDEr-D 4.04
-           attention correctness on shape words: pointing game 0.90 (chance 0.075)
+           BLEU-4 0.69  METEOR 0.42  ROUGE_L 0.79  CIDEr-D 4.05
+           attention correctness on shape words: pointing game 0.89 (chance 0.075)
            Greedy validation CIDEr-D (150 images) after cross-entropy epochs
            1-11: 0.32 1.11 1.55 1.64 2.39 2.76 2.63 3.05 3.15 3.14 3.19 (SCST
-           starts from epoch 11's checkpoint); after SCST 4.13.
+           starts from epoch 11's checkpoint); after SCST 4.14. The
+           cross-entropy validations are the same on two machines (one with
+           AMX, one without) as far as they were recorded (two decimals) and
+           with either way of tracing (three); the step traced once per width gave test
+           CIDEr-D 4.04 and pointing 0.889 (400 of 450 words; 0.90 on the
+           other machine), traced with the time axis unknown 4.05 and 0.889
+           (401 of 451): the same math, other kernels' rounding.
            (Before teacher forcing took the words' share of the cell's input
-           product out of its loop, the same recipe gave 4.05 and 0.875: the
-           same math, summed in another order.)
+           product out of its loop, the same recipe gave 4.05 and 0.875.)
 
 The recipes tried for a demo of at most 6 minutes (issue 14; one run each,
 same seed; test split, beam 3; "XE" = cross-entropy, "K2" = 2 captions per
