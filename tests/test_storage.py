@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,31 @@ def test_versions_without_their_marker_are_incomplete(tmp_path):
     assert serving.complete_versions(model_dir) == [1]
     assert export.next_version(model_dir) == 3
     assert io.versions(f"ram://versions-{uuid.uuid4().hex}/none") == []
+
+
+def test_the_next_export_removes_what_killed_exports_left_here(tmp_path, caplog):
+    """Local exports are written aside (<version>.tmp-<host>-<pid>) and renamed;
+    one killed half-way leaves its folder. The next export here removes those of
+    this host's processes that no longer run, and keeps a live process's and
+    another host's (on a shared disk it cannot tell those are abandoned)."""
+    host = socket.gethostname()
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              check=True, capture_output=True, text=True).stdout)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        left = [f"1.tmp-{host}-{gone}", f"3.tmp-{host}-{gone}"]
+        kept = [f"1.tmp-{host}-{alive.pid}", f"1.tmp-elsewhere-{gone}", "2"]
+        for name in left + kept:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "saved_model.pb").write_bytes(b"half")
+        with caplog.at_level("WARNING", logger="tfcaption.export"):
+            final, tmp, version = export.version_folder(str(tmp_path), None)
+        assert version == 3 and final == str(tmp_path / "3")
+        assert sorted(os.listdir(tmp_path)) == sorted(kept)
+        assert all(name in caplog.text for name in left)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_paths_keep_their_scheme():

@@ -10,6 +10,7 @@ TF Serving binary runs it with no Python and no tensorflow-text kernels.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 
 import tensorflow as tf
@@ -22,6 +23,8 @@ from tfcaption.data.features import load_manifest
 from tfcaption.data.pipeline import max_tokens
 from tfcaption.models.backbones import build_backbone
 from tfcaption.serving import INFO_FILE
+
+log = logging.getLogger(__name__)
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG"
 
@@ -186,6 +189,8 @@ def version_folder(model_dir: str, version: int | None) -> tuple[str, str, int]:
     tmp = io.temp_name(final) if io.is_local(final) else final
     if tmp != final:
         io.rmtree(tmp)  # the leftover of a killed export by a process of the same id
+        for stale in io.remove_dead_temps(model_dir):  # and of those by other ids, here
+            log.warning("removed %s: left by an export that did not finish", stale)
     return final, tmp, version
 
 

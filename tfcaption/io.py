@@ -89,6 +89,35 @@ def temp_name(path: str) -> str:
     return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
 
 
+def remove_dead_temps(folder: str) -> list[str]:
+    """Removes what temp_name named in a local folder for processes of this host
+    that no longer run (e.g. an export killed half-way); -> the paths removed.
+    Another host's, or a live process's, are kept: on a shared disk this
+    process cannot tell whether they are still being written."""
+    marker = f".tmp-{socket.gethostname()}-"
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        pid = name.rpartition(marker)[2] if marker in name else ""
+        if pid.isdigit() and not _running(int(pid)):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def read_bytes(path: str) -> bytes:
     with gfile.GFile(path, "rb") as f:
         return f.read()
