@@ -167,18 +167,17 @@ def widths_of(trainer, epochs=2) -> dict:
 
 
 def test_the_step_traces_twice_off_xla_and_once_per_width_under_it(cached):
-    config = fresh(cached, "traces", epochs=2)
-    config.pipeline.bucket_boundaries = (6, 7)  # captions of 5-8 tokens: 3 widths
-    assert len(widths_of(training.make_trainer(config))) == 3  # else 2 tells nothing
-    assert training.train(config, progress=False)["step_traces"] == 2
     # XLA compiles for static shapes (TPUs need them): one trace per width.
-    config = fresh(cached, "traces-xla", jit_compile=True)
-    config.pipeline.bucket_boundaries = (6, 7)
-    trainer = training.make_trainer(config)
-    step = training.make_step(trainer)
-    for features, tokens in widths_of(trainer).values():
-        step(features, tokens)
-    assert round(trainer.traces) == 3
+    for jit, traces in ((False, 2), (True, 3)):
+        config = fresh(cached, f"traces-{jit}", jit_compile=jit)
+        config.pipeline.bucket_boundaries = (6, 7)  # captions of 5-8 tokens: 3 widths
+        trainer = training.make_trainer(config)
+        step = training.make_step(trainer)
+        widths = widths_of(trainer)
+        assert len(widths) == 3  # else 2 traces would tell nothing
+        for features, tokens in widths.values():
+            step(features, tokens)
+        assert round(trainer.traces) == traces
     config = fresh(cached, "traces-fixed", epochs=2)
     config.pipeline.fixed_shapes = True
     assert training.train(config, progress=False)["step_traces"] == 1
