@@ -45,8 +45,16 @@ def exported(tmp_path_factory):
         features.extract(config, split)
     training.train(config, progress=False)
     ev = config.eval
-    beam = export.export(config, out_root=ev.export_dir, beam_size=ev.beam_size,
-                         length_penalty=ev.length_penalty)
+    saved, save = [], tf.saved_model.save  # the module saved, for its trace counts
+
+    def recording_save(module, *args, **kwargs):
+        saved.append(module)
+        return save(module, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tf.saved_model, "save", recording_save)
+        beam = export.export(config, out_root=ev.export_dir, beam_size=ev.beam_size,
+                             length_penalty=ev.length_penalty)
     greedy = export.export(config, out_root=ev.export_dir, beam_size=1, name="tiny_greedy")
     # RGB, PNG, grayscale and CMYK JPEGs, PNG again (see fixtures.make_images).
     images = [root / "img" / f"{i:04d}.{'png' if i % 4 == 1 else 'jpg'}" for i in range(6)]
@@ -56,7 +64,16 @@ def exported(tmp_path_factory):
            "truncated_png": [png, png[: len(png) // 3]]}
     return types.SimpleNamespace(config=config, root=root, beam=beam, greedy=greedy,
                                  images=images, blobs=[p.read_bytes() for p in images],
-                                 bad=bad, info=serving.model_info(beam))
+                                 bad=bad, info=serving.model_info(beam), module=saved[0])
+
+
+def test_each_signature_is_traced_once(exported):
+    """tf.saved_model.save traces again what was traced outside a save context;
+    the export traces its signatures inside one (export.traced_as_save_traces)."""
+    module = exported.module
+    functions = (module.caption_images, module.greedy_images, module.caption_features,
+                 module.sample_images)
+    assert [f.experimental_get_tracing_count() for f in functions] == [1, 1, 1, 1]
 
 
 @pytest.fixture(scope="module")

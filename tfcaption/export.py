@@ -9,6 +9,7 @@ TF Serving binary runs it with no Python and no tensorflow-text kernels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import types
@@ -139,6 +140,19 @@ class CaptionModule(tf.Module):
         }
 
 
+def traced_as_save_traces():
+    """A context in which tf.functions trace as tf.saved_model.save will: save
+    traces again every function traced outside one (the save context is part
+    of a trace's key), so each of the export's four searches was traced twice.
+    TensorFlow's own (private) context with save's default options, which
+    export uses; without it (another TensorFlow) only that second trace comes back."""
+    try:
+        from tensorflow.python.saved_model import save_context, save_options
+    except ImportError:
+        return contextlib.nullcontext()
+    return save_context.save_context(save_options.SaveOptions())
+
+
 def next_version(model_dir: str) -> int:
     """After every numbered folder, complete or not: an incomplete one may be
     an export still being written (in place, on Cloud Storage)."""
@@ -219,15 +233,16 @@ def export(config: RunConfig, out_root: str = "saved_models", version: int | Non
     key = export_key(config, checkpoint, beam_size, max_len, length_penalty)
     backbone, decoder, tokenizer, manifest, checkpoint = restore_parts(config, checkpoint)
     fc = config.features
-    module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len, length_penalty,
-                           config.decode)
+    with traced_as_save_traces():
+        module = CaptionModule(backbone, decoder, tokenizer, beam_size, max_len,
+                               length_penalty, config.decode)
+        signatures = {
+            "serving_default": module.caption_images.get_concrete_function(),
+            "caption_features": module.caption_features.get_concrete_function(),
+            "greedy": module.greedy_images.get_concrete_function(),
+            "sample": module.sample_images.get_concrete_function(),
+        }
     final, tmp, version = version_folder(io.join(out_root, name or config.name), version)
-    signatures = {
-        "serving_default": module.caption_images.get_concrete_function(),
-        "caption_features": module.caption_features.get_concrete_function(),
-        "greedy": module.greedy_images.get_concrete_function(),
-        "sample": module.sample_images.get_concrete_function(),
-    }
     tf.saved_model.save(module, tmp, signatures=signatures)
     h, w, c = backbone.grid_shape
     # The key (search and decode settings, digests) first: what `tfcaption run` compares.
