@@ -88,7 +88,8 @@ class DecoderBlock(keras.layers.Layer):
         self.self_out = dense(units, name="self_out")
         self.cross_norm = keras.layers.LayerNormalization(name="cross_norm")
         self.cross_query = dense(units, name="cross_query")
-        self.cross_key = dense(units, name="cross_key")
+        # No bias: q.b is the same at every location, so the softmax never sees it.
+        self.cross_key = dense(units, use_bias=False, name="cross_key")
         self.cross_value = dense(units, name="cross_value")
         self.cross_out = dense(units, name="cross_out")
         self.ffn_norm = keras.layers.LayerNormalization(name="ffn_norm")
@@ -102,10 +103,40 @@ class DecoderBlock(keras.layers.Layer):
         with keras.name_scope(self.name):  # called apart from call(): name its weights
             return self.cross_key(grid), self.cross_value(grid)
 
+    def grid_attention(self, query, grid):
+        """The cross-attention of teacher forcing, computed from the grid
+        (batch, locations, feature_dim) without its keys and values: query
+        (batch, T, units) -> context (batch, T, units), weights (batch, heads,
+        T, locations) float32, as attend(query, *memory(grid), heads).
+
+        The same math regrouped: per head h, q.(g K_h) = (q K_h^T).g (the keys
+        have no bias), and sum_l a_l (g_l V_h + c_h) = (sum_l a_l g_l) V_h + c_h,
+        as the weights sum to 1. With T words and L locations, the per-location
+        projections (2 L feature_dim units multiply-adds an image, and as
+        much again twice in the backward pass) become per-word ones (2 T
+        feature_dim units); the Flickr8k step has T ~ 22 against L = 169.
+        Decoding keeps memory(): there one image's keys serve every step.
+        """
+        if not self.cross_key.built:  # teacher forcing alone never calls memory()
+            self.memory(grid)
+        batch, d, f = tf.shape(query)[0], query.shape[-1], grid.shape[-1]
+        c = d // self.heads
+        kernel = lambda layer: tf.reshape(tf.cast(layer.kernel, query.dtype),  # noqa: E731
+                                          [f, self.heads, c])
+        q = tf.reshape(query, [batch, -1, self.heads, c])
+        q_grid = tf.einsum("bqhc,fhc->bhqf", q, kernel(self.cross_key))
+        scores = tf.einsum("bhqf,bkf->bhqk", q_grid, grid)
+        weights = tf.nn.softmax(tf.cast(scores, tf.float32) / math.sqrt(c), axis=-1)
+        seen = tf.einsum("bhqk,bkf->bqhf", tf.cast(weights, grid.dtype), grid)
+        context = tf.einsum("bqhf,fhc->bqhc", seen, kernel(self.cross_value))
+        context = tf.reshape(context, [batch, -1, d]) + tf.cast(self.cross_value.bias, query.dtype)
+        return context, weights
+
     def call(self, x, memory_keys, memory_values, visible, cache=None, position=None,
              training=None):
         """x (batch, T, units): the words' residual stream; memory_* (batch,
-        locations, units); visible bool (batch or 1, T, Tk): which keys each
+        locations, units), or memory_keys the projected grid (batch, locations,
+        feature_dim) and memory_values None (grid_attention); visible bool (batch or 1, T, Tk): which keys each
         word sees.
 
         cache None (teacher forcing): the words' own keys and values, Tk = T.
@@ -121,7 +152,10 @@ class DecoderBlock(keras.layers.Layer):
         context, _ = attend(q, k, v, self.heads, visible)
         x = x + self.drop(self.self_out(context), training=training)
         query = self.cross_query(self.cross_norm(x))
-        context, alpha = attend(query, memory_keys, memory_values, self.heads)
+        if memory_values is None:  # memory_keys is the grid: teacher forcing
+            context, alpha = self.grid_attention(query, memory_keys)
+        else:
+            context, alpha = attend(query, memory_keys, memory_values, self.heads)
         x = x + self.drop(self.cross_out(context), training=training)
         x = x + self.drop(self.ffn_out(self.ffn_in(self.ffn_norm(x))), training=training)
         return x, alpha, (k, v)
@@ -180,11 +214,16 @@ class TransformerDecoder(FeatureProjection, keras.Model):
                 "feature_dim": self.feature_dim, "dropout": self.dropout_rate,
                 "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape}
 
+    def grid(self, features, training=False):
+        """features (batch, locations, channels) -> the projected grid with its
+        location embedding (batch, locations, feature_dim)."""
+        return self.drop(self.positions(self.project_features(features)), training=training)
+
     def encode(self, features, training=False, max_len=None):
         """features (batch, locations, channels) -> values, keys (batch, layers,
         locations, units), state: an empty cache for max_len steps (see the class
         docstring), or {} without max_len (teacher forcing needs none)."""
-        grid = self.drop(self.positions(self.project_features(features)), training=training)
+        grid = self.grid(features, training)
         keys, values = zip(*(block.memory(grid) for block in self.blocks))
         keys, values = tf.stack(keys, axis=1), tf.stack(values, axis=1)
         if max_len is None:
@@ -246,19 +285,23 @@ class TransformerDecoder(FeatureProjection, keras.Model):
         each image is encoded once, whatever K. All positions at once, each
         word seeing itself and the words before it.
         """
-        values, keys, _ = self.encode(features, training=training)
+        # The grid, not encode's stacked keys and values: each block attends
+        # to it directly (DecoderBlock.grid_attention). Slicing blocks out of
+        # a stack also cost a full-size StridedSliceGrad each in the backward
+        # pass, a fifth of the Flickr8k step's op time.
+        grid = self.grid(features, training)
         images, rows = features.shape[0], tokens.shape[0]
         if images is None or rows is None or images != rows:
             # A gather, not tf.repeat: its output shape stays static under XLA.
             per_image = tf.shape(tokens)[0] // tf.shape(features)[0]
             index = tf.range(tf.shape(tokens)[0]) // per_image
-            values, keys = tf.gather(values, index), tf.gather(keys, index)
+            grid = tf.gather(grid, index)
         inputs = tokens[:, :-1]
         positions = tf.range(tf.shape(inputs)[1])
         x = self.drop(self.embed(inputs, positions[None, :]), training=training)
         visible = (positions[None, None, :] <= positions[None, :, None])  # key <= query
-        for i, block in enumerate(self.blocks):
-            x, alpha, _ = block(x, keys[:, i], values[:, i], visible, training=training)
+        for block in self.blocks:  # the grid itself, no keys and values (grid_attention)
+            x, alpha, _ = block(x, grid, None, visible, training=training)
         return self.project(x), self.attention_map(alpha)
 
     def call(self, inputs, training=False):
