@@ -6,7 +6,9 @@ and a feed-forward layer.
 Sizes: d_model is `units` (ModelConfig.units), the word embeddings and every
 block's width; the feed-forward layer is 4 d_model wide; `feature_dim` is the
 projected grid, which each block's cross-attention maps to its own keys and
-values once per image (`encode`), not once per word.
+values once per image when decoding (`encode`), not once per word; teacher
+forcing, which sees every word at once, folds those maps into the words'
+queries and contexts instead (`DecoderBlock.grid_attention`).
 
 Incremental decoding: the state is the words' keys and values per block in a
 cache preallocated for `max_len` steps, (batch, layers, max_len, d_model), and
