@@ -59,6 +59,9 @@ CONFIG = dataclasses.replace(
                                  cache_dir="runs/flickr8k_squeezenet_finetune/features"),
     train=dataclasses.replace(FROZEN.train, train_dir="runs/flickr8k_squeezenet_finetune/train",
                               finetune_epochs=2, backbone_learning_rate=1e-4,
-                              rl_backbone_learning_rate=0.0),
-    eval=dataclasses.replace(FROZEN.eval, out_dir="runs/flickr8k_squeezenet_finetune/eval",
+                              rl_backbone_learning_rate=0.0,
+                              # Its rows: one SCST epoch, no length penalty.
+                              rl_epochs=1),
+    eval=dataclasses.replace(FROZEN.eval, length_penalty=0.0,
+                             out_dir="runs/flickr8k_squeezenet_finetune/eval",
                              report_dir="runs/flickr8k_squeezenet_finetune/report"))
