@@ -138,8 +138,8 @@ class DecoderBlock(keras.layers.Layer):
              training=None):
         """x (batch, T, units): the words' residual stream; memory_* (batch,
         locations, units), or memory_keys the projected grid (batch, locations,
-        feature_dim) and memory_values None (grid_attention); visible bool (batch or 1, T, Tk): which keys each
-        word sees.
+        feature_dim) and memory_values None (grid_attention); visible bool
+        (batch or 1, T, Tk): which keys each word sees.
 
         cache None (teacher forcing): the words' own keys and values, Tk = T.
         cache (keys, values) (batch, max_len, units), T = 1: the new word's are
