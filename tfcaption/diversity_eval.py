@@ -51,7 +51,7 @@ def sample_split(config, split: str, decoder, tokenizer, max_len: int,
     h, w, c = manifest["grid_shape"]
 
     @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16),
-                                  tf.TensorSpec([2], tf.int64)])
+                                  tf.TensorSpec([2], tf.int64)], autograph=False)
     def draw(features, seed):
         tokens = decoding.sample(decoder, features, n, max_len, d.temperature, d.top_k,
                                  d.top_p, seed, d.no_repeat_ngram)[0]

@@ -128,7 +128,7 @@ def decode_split(config: RunConfig, split: str, decoder, tokenizer, manifest: di
     centres = manifest_centres(manifest) if boxes else None
 
     @tf.function(input_signature=[tf.TensorSpec([None, h * w, c], tf.float16),
-                                  tf.TensorSpec([2], tf.int64)])
+                                  tf.TensorSpec([2], tf.int64)], autograph=False)
     def search(features, seed):
         if sampling:
             found = decoding.sample(decoder, features, 1, steps, d.temperature, d.top_k,

@@ -73,15 +73,17 @@ class CaptionModule(tf.Module):
         images = tf.TensorSpec([None], tf.string, name="image_bytes")
         self.caption_images = tf.function(
             lambda image_bytes: self._caption_images(image_bytes, self.beam_size),
-            input_signature=[images])
+            input_signature=[images], autograph=False)
         self.greedy_images = tf.function(
-            lambda image_bytes: self._caption_images(image_bytes, 1), input_signature=[images])
+            lambda image_bytes: self._caption_images(image_bytes, 1), input_signature=[images],
+            autograph=False)
         self.sample_images = tf.function(self._sample_images, input_signature=[
             images, tf.TensorSpec([], tf.int32, name="num_captions"),
-            tf.TensorSpec([], tf.float32, name="temperature")])
+            tf.TensorSpec([], tf.float32, name="temperature")], autograph=False)
         self.caption_features = tf.function(
             lambda features: self._caption_features(features, self.beam_size),
-            input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="features")])
+            input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="features")],
+            autograph=False)
         functions = (self.caption_images, self.greedy_images, self.caption_features,
                      self.sample_images)
         graph_variables = {id(v): v for f in functions

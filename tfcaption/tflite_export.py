@@ -49,7 +49,8 @@ def greedy_function(backbone, decoder, max_len: int, no_repeat_ngram: int = 0):
                                   tf.reshape(attention, [-1, max_len, h, w]))))
 
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")
-    return tf.function(caption, input_signature=[spec]).get_concrete_function()
+    return tf.function(caption, input_signature=[spec],
+                       autograph=False).get_concrete_function()
 
 
 def convert(function, float16: bool = False) -> bytes:
@@ -63,7 +64,7 @@ def convert(function, float16: bool = False) -> bytes:
     frozen = convert_variables_to_constants_v2(function, lower_control_flow=False)
     named = tf.function(
         lambda images: tf.nest.pack_sequence_as(function.structured_outputs, frozen(images)),
-        input_signature=function.structured_input_signature[0])
+        input_signature=function.structured_input_signature[0], autograph=False)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [named.get_concrete_function()], tf.Module())
     if float16:

@@ -13,7 +13,7 @@ COUNTS = (12, 4, 4)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    synthetic.generate(str(root), seed=3, counts=COUNTS, image_size=96)
+    synthetic.generate(str(root), seed=3, counts=COUNTS, image_size=96, workers=1)
     return root
 
 
@@ -24,6 +24,11 @@ def test_deterministic_from_the_seed(world, tmp_path):
             (tmp_path / "again" / f"{split}.jsonl").read_text()
     name = "images/train/train_000005.png"
     assert (world / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    # Rendered in worker processes (the demo's way), not in this one: the same files.
+    synthetic.generate(str(tmp_path / "pool"), seed=3, counts=COUNTS, image_size=96, workers=2)
+    for path in sorted(world.rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "pool" / path.relative_to(world)).read_bytes()
     other = synthetic.render(4, 0, 5, 96)[0]
     assert not np.array_equal(other, synthetic.render(3, 0, 5, 96)[0])
     # Split sizes do not change the other splits' images.

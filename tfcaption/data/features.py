@@ -125,7 +125,8 @@ class Extractor:
         # than image by image in the input pipeline, which shares the same CPUs.
         # One trace for every full batch; the short last batch adds one more.
         self._forward = tf.function(
-            lambda x: tf.cast(self.backbone(self.backbone.normalize(x)), tf.float16))
+            lambda x: tf.cast(self.backbone(self.backbone.normalize(x)), tf.float16),
+            autograph=False)
 
     def _dataset(self, examples: list[Example]) -> tf.data.Dataset:
         sources = [ex.image if isinstance(ex.image, bytes) else ex.image.encode()
