@@ -55,8 +55,16 @@ image per batch, "SCST" = one epoch of self-critical training, 250 steps):
     K2, no dropout, 11 XE + SCST      1034        250         4.07        0.88  (this file)
     K2, no dropout, 10 XE + SCST       940        250         3.81        0.85
     K2, no dropout,  9 XE + SCST       846        250         3.92        0.83
+    this file, model.feature_dim=128  1034        250         3.47        0.78
+    this file, a 112 px world (13x13) 1034        250         3.80        0.84
 
 A step takes ~0.25 s with pairs, ~0.19 s with K2 and ~0.23 s in SCST here.
+The last two rows (2026-12-06) tried making the step cheaper instead of
+shorter: the 3x3 feature projection is ~36% of a step (168 -> 106 ms with a
+1x1 one, one process), and feature_dim 128 halves it (a step ~30% faster),
+but both lost the pointing game (and 128 CIDEr-D too); the file keeps 256
+channels on the 15x15 grid (its own two runs that day: test CIDEr-D 4.04,
+pointing 0.90).
 
 - Dropout (0.1 before) was what held the short recipes back: without it the
   model learns faster per step (greedy validation after epoch 6: 2.70
