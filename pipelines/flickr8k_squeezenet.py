@@ -46,8 +46,9 @@ Scores:    dev split (1000 images), beam 3 with length penalty 0.7 (the
            on the finished run: it resumes at the step it stopped, as a fresh
            3-epoch run would be there). The GRU's rows (0.400 -> 0.452, no
            penalty) and why SCST here carries the references' cross-entropy
-           (train.rl_xent_weight) are in flickr8k_squeezenet_gru.py. Runs are
-           deterministic on one machine, not across machines: an earlier run
+           (train.rl_xent_weight) are in flickr8k_squeezenet_gru.py. Cross-entropy
+           is deterministic on one machine (SCST not quite: the README's
+           "A run killed at any point"), not across machines: an earlier run
            of this file on another CPU gave 0.448 -> 0.461 without the
            penalty (its best cross-entropy epoch was 7).
 

@@ -45,8 +45,12 @@ Scores:    test split (300 images), beam 3, no-repeat 3, coco-caption metrics:
            product out of its loop, the same recipe gave 4.05 and 0.875.)
            Three runs on one machine (2026-12-06): cross-entropy validations
            the same to three decimals, SCST's 4.133, 4.133, 4.155, test
-           CIDEr-D 4.041, 4.041, 4.026 and pointing 0.902, 0.902, 0.899 (the
-           SCST phase is not bit-repeatable without train.deterministic).
+           CIDEr-D 4.041, 4.041, 4.026 and pointing 0.902, 0.902, 0.899: the
+           SCST phase is not bit-repeatable. Two runs of 1 cross-entropy
+           epoch + this SCST epoch made side by side had the same weights
+           after cross-entropy (step 94) and differed by 2e-7 at step 200,
+           with train.deterministic too (2.8e-7 at 200, 1.4e-4 at 344): some
+           kernel of the SCST step rounds by timing, and sampling amplifies it.
            With train.deterministic=True (TensorFlow's deterministic kernels;
            its one run was not slower) the same recipe gave 3.81 and 0.875: other
            kernels' rounding moves this short recipe by up to ~0.2 CIDEr-D
