@@ -51,8 +51,11 @@ Scores:    test split (300 images), beam 3, no-repeat 3, coco-caption metrics:
            after cross-entropy (step 94) and differed by 2e-7 at step 200,
            with train.deterministic too (2.8e-7 at 200, 1.4e-4 at 344), and
            with oneDNN off as well (TF_ENABLE_ONEDNN_OPTS=0: 1.6e-5, 6.9e-4):
-           something in the SCST step depends on timing, not found yet, and
-           sampling amplifies it.
+           the first SCST step's loss from the same checkpoint, batch and
+           seed already differs between two processes (-0.20239685 against
+           -0.20239678) while repeated calls in one process agree to the bit;
+           which kernel rounds per process is not found yet, and sampling
+           amplifies it.
            With train.deterministic=True (TensorFlow's deterministic kernels;
            its one run was not slower) the same recipe gave 3.81 and 0.875: other
            kernels' rounding moves this short recipe by up to ~0.2 CIDEr-D
