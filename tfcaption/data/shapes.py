@@ -1,7 +1,7 @@
 """The synthetic world's drawing: one image and its captions from (seed, split, index).
 
-Numpy and PIL only, no shared state: `synthetic.generate` renders images on
-several threads at once.
+Numpy and PIL only, no shared state: `synthetic.generate` renders images in
+several worker processes at once.
 """
 
 from __future__ import annotations
