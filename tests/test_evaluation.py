@@ -104,10 +104,11 @@ def tiny_synthetic(root: pathlib.Path) -> RunConfig:
         features=FeatureConfig(backbone="squeezenet", weights="random", input_size=96,
                                cache_dir=str(root / "cache"), batch_size=8, shard_size=8),
         pipeline=PipelineConfig(batch_size=8, shuffle_window=16, bucket_boundaries=(6,)),
-        # The demo's decoder (pipelines/synthetic.py): a 3x3 projection and a
-        # learned embedding per location, through evaluation, export and report.
+        # The demo's decoder (pipelines/synthetic.py): a separable 3x3 projection
+        # and a learned embedding per location, through evaluation, export and report.
         model=ModelConfig(embedding_dim=8, units=8, attention_units=8, feature_dim=8,
-                          dropout=0.0, feature_kernel=3, position_embedding=True),
+                          dropout=0.0, feature_kernel=3, feature_separable=True,
+                          position_embedding=True),
         train=TrainConfig(train_dir=str(root / "train"), epochs=1, warmup_steps=1,
                           log_every=1, val_batch_size=8, checkpoint_every=100),
         eval=EvalConfig(split="test", beam_size=2, batch_size=4, out_dir=str(root / "eval"),

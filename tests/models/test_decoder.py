@@ -31,6 +31,8 @@ VARIANTS = {
     "show_attend_tell": {},
     "conv_and_positions": {"feature_kernel": 3, "grid_shape": (3, 3, CHANNELS),
                            "position_embedding": True},
+    "separable_conv": {"feature_kernel": 3, "feature_separable": True,
+                       "grid_shape": (3, 3, CHANNELS)},
 }
 
 
@@ -141,14 +143,19 @@ def test_get_config_round_trips():
     assert GRUDecoder.from_config(config).vocab_size == VOCAB
 
 
-@pytest.mark.parametrize("kernel, reach", [(1, {(0, 0)}), (3, {(0, 0), (0, 1), (1, 0), (1, 1)})])
-def test_feature_kernel_spans_neighbouring_cells(kernel, reach):
+CORNER_3X3 = {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+@pytest.mark.parametrize("kernel, separable, reach", [(1, False, {(0, 0)}), (3, False, CORNER_3X3),
+                                                      (3, True, CORNER_3X3)])
+def test_feature_kernel_spans_neighbouring_cells(kernel, separable, reach):
     # Seeded: a ReLU projection can be dead at one cell for some initial weights,
     # and the global seed otherwise depends on which tests ran before.
     tf.keras.utils.set_random_seed(0)
     h = w = 5
     decoder = GRUDecoder(vocab_size=VOCAB, embedding_dim=8, units=8, attention_units=8,
-                         feature_dim=8, dropout=0.0, feature_kernel=kernel, grid_shape=(h, w))
+                         feature_dim=8, dropout=0.0, feature_kernel=kernel, grid_shape=(h, w),
+                         feature_separable=separable)
     features = tf.random.stateless_normal([1, h * w, CHANNELS], [0, 1])
     with tf.GradientTape() as tape:
         tape.watch(features)
@@ -158,6 +165,8 @@ def test_feature_kernel_spans_neighbouring_cells(kernel, reach):
     assert set(zip(*np.nonzero(support))) == reach
     with pytest.raises(ValueError, match="grid"):
         GRUDecoder(vocab_size=VOCAB, feature_kernel=3)
+    with pytest.raises(ValueError, match="feature_kernel > 1"):
+        GRUDecoder(vocab_size=VOCAB, feature_separable=True)
 
 
 def test_position_embedding_tells_identical_cells_apart():
@@ -173,21 +182,25 @@ def test_variant_config_round_trips():
     decoder = tiny_decoder(**VARIANTS["conv_and_positions"])
     clone = GRUDecoder.from_config(decoder.get_config())
     assert (clone.feature_kernel, clone.grid_shape, clone.position_embedding) == (3, (3, 3), True)
+    clone = GRUDecoder.from_config(tiny_decoder(**VARIANTS["separable_conv"]).get_config())
+    assert (clone.feature_kernel, clone.feature_separable) == (3, True)
 
 
-@pytest.mark.parametrize("kernel", [1, 3])
-def test_folded_norm_affine_is_the_layers_function_and_gradients(kernel):
+@pytest.mark.parametrize("kernel, separable", [(1, False), (3, False), (3, True)])
+def test_folded_norm_affine_is_the_layers_function_and_gradients(kernel, separable):
     """encode folds feature_norm's scale and offset into feature_proj: values and
     the gradients of every weight must equal feature_proj(feature_norm(x)),
     border cells of the 3x3 convolution included (non-trivial gamma and beta)."""
     grid = (3, 3)
-    decoder = tiny_decoder(feature_kernel=kernel, grid_shape=grid)
+    decoder = tiny_decoder(feature_kernel=kernel, grid_shape=grid, feature_separable=separable)
     rng = np.random.default_rng(1)
     decoder.feature_norm.gamma.assign(rng.uniform(0.5, 2.0, CHANNELS).astype(np.float32))
     decoder.feature_norm.beta.assign(rng.normal(0, 1.0, CHANNELS).astype(np.float32))
     features, _ = batch()
-    weights = [decoder.feature_norm.gamma, decoder.feature_norm.beta,
-               decoder.feature_proj.kernel, decoder.feature_proj.bias]
+    decoder.project_features(batch()[0])  # builds feature_proj
+    proj = decoder.feature_proj
+    kernels = ([proj.depthwise_kernel, proj.pointwise_kernel] if separable else [proj.kernel])
+    weights = [decoder.feature_norm.gamma, decoder.feature_norm.beta, *kernels, proj.bias]
 
     def unfolded():
         x = decoder.feature_norm(features)

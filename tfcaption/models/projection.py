@@ -20,12 +20,16 @@ class FeatureProjection:
     """
 
     def _init_projection(self, feature_dim: int, position_embedding: bool,
-                         feature_kernel: int, grid_shape, top=None, trainable_from: str = ""):
+                         feature_kernel: int, grid_shape, top=None, trainable_from: str = "",
+                         feature_separable: bool = False):
         self.feature_dim = feature_dim
         if feature_kernel > 1 and not grid_shape:
             raise ValueError("feature_kernel > 1 needs the grid's (height, width)")
+        if feature_separable and feature_kernel < 2:
+            raise ValueError("feature_separable needs feature_kernel > 1")
         self.position_embedding = position_embedding
         self.feature_kernel = feature_kernel
+        self.feature_separable = feature_separable
         self.grid_shape = tuple(grid_shape[:2]) if grid_shape else None
         # Raw backbone scales differ by orders of magnitude (random weights give
         # ~1e-3, ImageNet VGG ~1e2): normalise each location's channels first.
@@ -33,7 +37,14 @@ class FeatureProjection:
         # (see project_features): the same function and gradients, without
         # feature_proj's input gradient (~20% of a demo step).
         self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
-        if feature_kernel > 1:
+        if feature_separable:
+            # A k x k depthwise convolution (each channel over its neighbours),
+            # then a 1x1 across channels: ~1/k^2 of the full convolution's
+            # multiplies (model.feature_separable).
+            self.feature_proj = keras.layers.SeparableConv2D(
+                feature_dim, feature_kernel, padding="same", activation="relu",
+                name="feature_proj")
+        elif feature_kernel > 1:
             self.feature_proj = keras.layers.Conv2D(feature_dim, feature_kernel, padding="same",
                                                     activation="relu", name="feature_proj")
         else:
@@ -51,7 +62,8 @@ class FeatureProjection:
 
     def _projection_config(self) -> dict:
         return {"feature_dim": self.feature_dim, "position_embedding": self.position_embedding,
-                "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape}
+                "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape,
+                "feature_separable": self.feature_separable}
 
     def project_features(self, features):
         """feature_proj(feature_norm(features)), with the norm's scale and offset
@@ -78,7 +90,10 @@ class FeatureProjection:
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
         x = tf.cast((x - mean) * tf.math.rsqrt(variance + norm.epsilon), dtype)
         gamma, beta = tf.cast(norm.gamma, dtype), tf.cast(norm.beta, dtype)
-        kernel, bias = tf.cast(proj.kernel, dtype), tf.cast(proj.bias, dtype)
+        bias = tf.cast(proj.bias, dtype)
+        if self.feature_separable:
+            return tf.nn.relu(self._separable(x, gamma, beta, dtype) + bias)
+        kernel = tf.cast(proj.kernel, dtype)
         if self.feature_kernel > 1:  # a convolution over the grid, back to locations
             h, w = self.grid_shape
             grid = tf.reshape(x, [-1, h, w, x.shape[-1]])
@@ -94,6 +109,24 @@ class FeatureProjection:
             values = tf.nn.relu(tf.tensordot(x, kernel * gamma[:, None], 1)
                                 + tf.matmul(beta[None, :], kernel) + bias)
         return values
+
+    def _separable(self, x, gamma, beta, dtype):
+        """The folded norm through a separable convolution: gamma scales each
+        input channel, so it scales that channel's depthwise filter; beta's
+        constant grid goes through both convolutions (its border cells
+        included), one image's work broadcast over the batch. The 1x1 is a
+        tensordot over (batch * locations, channels): one matmul, forward and
+        back."""
+        h, w = self.grid_shape
+        depthwise = tf.cast(self.feature_proj.depthwise_kernel, dtype)
+        pointwise = tf.cast(self.feature_proj.pointwise_kernel, dtype)[0, 0]
+        grid = tf.reshape(x, [-1, h, w, x.shape[-1]])
+        spread = tf.nn.depthwise_conv2d(grid, depthwise * gamma[:, None], [1, 1, 1, 1], "SAME")
+        constant = tf.nn.depthwise_conv2d(tf.broadcast_to(beta, [1, h, w, beta.shape[0]]),
+                                          depthwise, [1, 1, 1, 1], "SAME")
+        mixed = tf.tensordot(tf.reshape(spread, [-1, h * w, x.shape[-1]]), pointwise, 1)
+        offset = tf.tensordot(tf.reshape(constant, [1, h * w, x.shape[-1]]), pointwise, 1)
+        return mixed + offset
 
     def run_top(self, features):
         """The cut grid (batch, locations, channels) from the cache -> the

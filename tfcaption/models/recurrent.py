@@ -39,7 +39,8 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                  attention_units: int = 512, feature_dim: int = 512, dropout: float = 0.3,
                  gate: bool = True, init_from_features: bool = True,
                  position_embedding: bool = False, feature_kernel: int = 1, grid_shape=None,
-                 top=None, trainable_from: str = "", **kwargs):
+                 top=None, trainable_from: str = "", feature_separable: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -52,7 +53,7 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         # trainable_variables, by which the optimizer's checkpointed slots are
         # indexed, so GRU checkpoints from before this base class still resume.
         self._init_projection(feature_dim, position_embedding, feature_kernel, grid_shape, top,
-                              trainable_from)
+                              trainable_from, feature_separable)
         self.attention = BahdanauAttention(attention_units, name="attention")
         self._init_state_layers()
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
@@ -71,7 +72,8 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                    dropout=cfg.dropout, gate=cfg.gate,
                    init_from_features=cfg.init_from_features,
                    position_embedding=cfg.position_embedding,
-                   feature_kernel=cfg.feature_kernel, **kwargs)
+                   feature_kernel=cfg.feature_kernel,
+                   feature_separable=cfg.feature_separable, **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size,

@@ -179,7 +179,8 @@ class TransformerDecoder(FeatureProjection, keras.Model):
 
     def __init__(self, vocab_size: int, units: int = 512, num_layers: int = 2, heads: int = 4,
                  feature_dim: int = 512, dropout: float = 0.1, feature_kernel: int = 1,
-                 grid_shape=None, top=None, trainable_from: str = "", **kwargs):
+                 grid_shape=None, top=None, trainable_from: str = "",
+                 feature_separable: bool = False, **kwargs):
         super().__init__(**kwargs)
         if units % heads or units % 2:
             raise ValueError(f"units {units} must be even and a multiple of heads {heads}")
@@ -188,7 +189,8 @@ class TransformerDecoder(FeatureProjection, keras.Model):
         self.dropout_rate = dropout
         # The location embedding is always on: attention over the grid is blind
         # to where a cell is, and captions say "left of".
-        self._init_projection(feature_dim, True, feature_kernel, grid_shape, top, trainable_from)
+        self._init_projection(feature_dim, True, feature_kernel, grid_shape, top, trainable_from,
+                              feature_separable)
         # N(0, 1/units) scaled by sqrt(units) below: unit-sized entries, the
         # scale of the sinusoids they are added to.
         self.embedding = keras.layers.Embedding(
@@ -208,13 +210,15 @@ class TransformerDecoder(FeatureProjection, keras.Model):
                               **kwargs) -> "TransformerDecoder":
         return cls(vocab_size=vocab_size, units=cfg.units, num_layers=cfg.layers,
                    heads=cfg.heads, feature_dim=cfg.feature_dim, dropout=cfg.dropout,
-                   feature_kernel=cfg.feature_kernel, **kwargs)
+                   feature_kernel=cfg.feature_kernel,
+                   feature_separable=cfg.feature_separable, **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "units": self.units,
                 "num_layers": self.num_layers, "heads": self.heads,
                 "feature_dim": self.feature_dim, "dropout": self.dropout_rate,
-                "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape}
+                "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape,
+                "feature_separable": self.feature_separable}
 
     def grid(self, features, training=False):
         """features (batch, locations, channels) -> the projected grid with its
