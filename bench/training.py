@@ -25,6 +25,7 @@ reference in one process (round 1, round 2, ...), best round kept:
     bucketed bf16  the same under train.mixed_precision=mixed_bfloat16
     grouped x5     pipeline.captions_per_image=5: batches of 65 captions from 13
                    images, each image encoded once for its 5 captions (bucketed too)
+    grouped x5 bf16  the same under mixed_bfloat16: the two savings together
     fixed-32       pipeline.fixed_shapes: every batch padded to 30 words + 2 = 32 tokens
     fixed-32 + XLA the same with train.jit_compile (one compile, static shapes)
     fixed-32 4/call  train.steps_per_execution=4: four steps per tf.function call,
@@ -292,6 +293,8 @@ def main() -> int:
                    "bucketed bf16": (variant(False, False, precision="mixed_bfloat16"),
                                      args.steps),
                    "grouped x5": (variant(False, False, 5), args.steps),
+                   "grouped x5 bf16": (variant(False, False, 5, precision="mixed_bfloat16"),
+                                       args.steps),
                    # The other decoders at the same sizes (the transformer's
                    # d_model = units, model.layers blocks of model.heads heads).
                    "lstm bucketed": (variant(False, False, decoder="lstm"), args.steps),

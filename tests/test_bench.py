@@ -15,7 +15,7 @@ def test_training_bench_quick_prints_its_table():
     out = subprocess.run([sys.executable, str(REPO / "bench" / "training.py"), "--quick"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    for row in ("own longest", "bucketed bf16", "grouped x5", "fixed-32 + XLA",
+    for row in ("own longest", "bucketed bf16", "grouped x5", "grouped x5 bf16", "fixed-32 + XLA",
                 "fixed-32 4/call", "matmul 1024^3", "tutorial-style", "scst",
                 "lstm bucketed", "transformer buck.", "top, frozen", "top trained"):
         assert row in out.stdout
