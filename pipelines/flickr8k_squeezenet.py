@@ -47,8 +47,9 @@ Scores:    dev split (1000 images), beam 3 with length penalty 0.7 (the
            3-epoch run would be there). The GRU's rows (0.400 -> 0.452, no
            penalty) and why SCST here carries the references' cross-entropy
            (train.rl_xent_weight) are in flickr8k_squeezenet_gru.py. Cross-entropy
-           is deterministic on one machine (SCST not quite: the README's
-           "A run killed at any point"), not across machines: an earlier run
+           is deterministic on one machine, and SCST since train.deterministic
+           also turns Grappler off (the README's "A run killed at any point";
+           these rows come from runs before that), not across machines: an earlier run
            of this file on another CPU gave 0.448 -> 0.461 without the
            penalty (its best cross-entropy epoch was 7).
 

@@ -61,11 +61,18 @@ Scores:    test split (300 images), beam 3, no-repeat 3, coco-caption metrics:
            with oneDNN off as well (TF_ENABLE_ONEDNN_OPTS=0: 1.6e-5, 6.9e-4):
            the first SCST step's loss from the same checkpoint, batch and
            seed already differs between two processes (-0.20239685 against
-           -0.20239678) while repeated calls in one process agree to the bit;
-           which kernel rounds per process is not found yet, and sampling
-           amplifies it.
-           With train.deterministic=True (TensorFlow's deterministic kernels;
-           its one run was not slower) the same recipe gave 3.81 and 0.875: other
+           -0.20239678) while repeated calls in one process agree to the bit.
+           Found later that day: Grappler. The step's gradients computed on
+           their own agree in every process; the optimised step gave other
+           weights in ~1 process of 3, and 6 of 6 agreed with Grappler off
+           (arithmetic optimisation, constant folding, remapping, loop or
+           function optimisation off alone did not do it). So
+           train.deterministic now turns Grappler off too; three processes
+           then had the same weights after 10, 20 and 30 SCST steps (three
+           default processes: three different weights at each).
+           With train.deterministic=True (TensorFlow's deterministic kernels,
+           before it turned Grappler off; its one run was not slower, with
+           the full 3x3 projection) the same recipe gave 3.81 and 0.875: other
            kernels' rounding moves this short recipe by up to ~0.2 CIDEr-D
            and ~0.03 pointing, so the file keeps the faster-learning default
            kernels and its margin over 3.5 and 0.85.

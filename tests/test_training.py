@@ -282,3 +282,19 @@ def test_scheduled_sampling_reaches_the_step_trains_on_two_replicas_and_is_refus
     transformer.model.decoder = "transformer"
     with pytest.raises(ValueError, match="recurrent decoder"):
         training.make_trainer(transformer)
+
+
+def test_deterministic_also_turns_grappler_off(cached):
+    """train.deterministic: op determinism and no Grappler, whose rewrite of the
+    SCST step gave other weights in some processes (training.make_trainer;
+    shown on the demo's model, which a quick test cannot afford to run in
+    several processes). A process-wide switch, like op determinism; conftest.py
+    turns Grappler off for the tests' speed, so it is turned on first here."""
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+    try:
+        training.make_trainer(fresh(cached, "grappler-on"))
+        assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer")
+        training.make_trainer(fresh(cached, "grappler-off", deterministic=True))
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is True
+    finally:  # as conftest.py left it
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

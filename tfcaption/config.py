@@ -203,10 +203,11 @@ class TrainConfig:
     # linearly from 0 at the first step to this value at the phase's last.
     # Recurrent decoders only (a transformer reads all positions at once).
     scheduled_sampling: float = 0.0
-    # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism):
-    # a fresh run reproduces its scores exactly; costs a little speed on GPUs.
-    # Not the SCST phase: two demo runs made side by side on one CPU had the
-    # same weights after cross-entropy and differed by 1e-4 after 250 SCST steps.
+    # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism,
+    # and Grappler off: see training.make_trainer): a fresh run reproduces its
+    # scores exactly, SCST included; costs a little speed on GPUs. Without it,
+    # two demo runs made side by side on one CPU had the same weights after
+    # cross-entropy and differed by 1e-4 after 250 SCST steps.
     deterministic: bool = False
 
 

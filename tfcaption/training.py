@@ -174,6 +174,12 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
+        # And no Grappler: with it, one SCST step from one checkpoint, batch
+        # and seed gave weights that differ in the last bits from one process
+        # to the next (~1 in 3), with the same gradients when computed on
+        # their own: the rewrite of the inlined step varies per process.
+        # Without it, 6 of 6 agreed, and the demo's steps were no slower.
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     check_config(config)
     scst.check(config)
     strategy = strategy or distribute.make_strategy(config.train)
