@@ -21,7 +21,10 @@ Runtime:   after the install (what `make demo` runs), on 2-core CPUs. This
            document frequencies 18 s, validations and tracing ~27 s,
            evaluation, export and report 43 s). The full 3x3 recipe had run
            in 5 min 50 s, 6 min 20 s and 6 min 32 s at faster hours that
-           day, so this file takes ~4 min 50 s to 5 min 25 s there (0.83x).
+           day. At 00:27 the next night, faster again, back to back: `make
+           demo` on a fresh clone (after the install; world included) 4 min
+           49 s, test CIDEr-D 3.99 and pointing 0.894, no time-limit message;
+           then the full 3x3 recipe 6 min 11 s (4.05, 0.901): 0.78x.
            One process, alternating (tfcaption's own train step on the
            demo's batches, 4 rounds): the separable projection's
            cross-entropy step is ~0.7x the full 3x3's (223-260 ms against
