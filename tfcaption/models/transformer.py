@@ -216,9 +216,10 @@ class TransformerDecoder(FeatureProjection, keras.Model):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "units": self.units,
                 "num_layers": self.num_layers, "heads": self.heads,
-                "feature_dim": self.feature_dim, "dropout": self.dropout_rate,
-                "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape,
-                "feature_separable": self.feature_separable}
+                "dropout": self.dropout_rate,
+                # Its location embedding is always on: not an argument.
+                **{k: v for k, v in self._projection_config().items()
+                   if k != "position_embedding"}}
 
     def grid(self, features, training=False):
         """features (batch, locations, channels) -> the projected grid with its
