@@ -62,6 +62,15 @@ class FeatureConfig:
     batch_size: int = 32
     shard_size: int = 256
     seed: int = 0
+    # Left-right mirrors as augmentation: the train split's cache also holds
+    # the grid of each image's mirror (the backbone run on the flipped image,
+    # which is not the flipped grid: its channels are not mirror-symmetric),
+    # and each training row takes the mirror's grid with probability 1/2,
+    # drawn from (seed, epoch, window) so a resumed run draws the same. Images
+    # whose captions say "left" or "right" are never mirrored. Other splits
+    # are cached as they are. Costs a second forward pass and twice the train
+    # cache (on disk and, with cache_in_memory, in RAM).
+    mirror: bool = False
 
 
 @dataclasses.dataclass

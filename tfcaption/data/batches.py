@@ -32,7 +32,7 @@ import tensorflow as tf
 from tfcaption.tokens import PAD_ID
 
 # Salts that keep the seeded streams of one (seed, epoch) apart.
-_WINDOW_ORDER, _ROWS, _BATCHES, _CAPTIONS = 1, 2, 3, 4
+_WINDOW_ORDER, _ROWS, _BATCHES, _CAPTIONS, _MIRRORS = 1, 2, 3, 4, 5
 
 
 def boundaries(bucket_boundaries, max_tokens: int, fixed: bool) -> list[int]:
@@ -117,6 +117,17 @@ def spread_order(bucket, buckets: int, seed) -> tf.Tensor:
 
 def caption_seed(seed: int, epoch, window):
     return _seed(seed, epoch, _CAPTIONS, window)
+
+
+def mirror_seed(seed: int, epoch, window):
+    return _seed(seed, epoch, _MIRRORS, window)
+
+
+def mirror_rows(mirrorable, seed) -> tf.Tensor:
+    """mirrorable (R,) bool of each row's image -> (R,) bool: the rows that take
+    their image's mirror this epoch, each mirrorable one with probability 1/2."""
+    coin = tf.random.stateless_uniform(tf.shape(mirrorable), seed=seed) < 0.5
+    return tf.logical_and(mirrorable, coin)
 
 
 def pad_tokens(tokens, length) -> tf.Tensor:

@@ -7,6 +7,10 @@ Layout of one split's cache (`<cache_dir>/<split>/`):
     features-00003-of-00012.json      the shard's ids, skipped files and inputs
     manifest.json                written last, once every shard is complete
 
+With `features.mirror`, each train record also holds its image's left-right
+mirror's grid (`mirror`) and whether the image may be mirrored (`mirrorable`:
+no caption says left or right); see pipeline.TrainingData.
+
 Shard k always holds examples [k*S, (k+1)*S) of the source's deterministic
 order, so shards can be made in any order, by several machines (`--shard i/n`
 takes every shard k with k % n == i) and by a run that resumes after a kill.
@@ -34,6 +38,7 @@ import concurrent.futures
 import logging
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -82,7 +87,16 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def _serialize(image_id: str, grid: np.ndarray, ex: Example) -> bytes:
+SIDE_WORDS = frozenset({"left", "right"})
+
+
+def mirrorable(captions) -> bool:
+    """False when a caption names a side: its mirror image would contradict it."""
+    return not any(SIDE_WORDS.intersection(re.findall(r"[a-z]+", c.lower())) for c in captions)
+
+
+def _serialize(image_id: str, grid: np.ndarray, ex: Example,
+               mirror: np.ndarray | None = None) -> bytes:
     feature = {
         "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
         "features": tf.train.Feature(
@@ -90,6 +104,11 @@ def _serialize(image_id: str, grid: np.ndarray, ex: Example) -> bytes:
         "captions": tf.train.Feature(
             bytes_list=tf.train.BytesList(value=[c.encode("utf-8") for c in ex.captions])),
     }
+    if mirror is not None:
+        feature["mirror"] = tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[mirror.astype(np.float16).tobytes()]))
+        feature["mirrorable"] = tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[int(mirrorable(ex.captions))]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -149,9 +168,11 @@ class Extractor:
         options.autotune.enabled = False
         return ds.with_options(options)
 
-    def write_shards(self, jobs: list[tuple[list[Example], str]], on_shard=None) -> list[dict]:
+    def write_shards(self, jobs: list[tuple[list[Example], str]], on_shard=None,
+                     mirror: bool = False) -> list[dict]:
         """Extracts each (examples, path) job into `path`.tfrecord (+ .json sidecar);
         returns the sidecars. `on_shard(sidecar)` is called as each one completes.
+        mirror: each record also holds the grid of the image flipped left-right.
 
         One input pipeline runs over all the jobs, so decoding never stops at a
         shard boundary: a pipeline per shard would drain and refill every few
@@ -172,8 +193,8 @@ class Extractor:
                 on_shard(sidecars[-1])
             state.update(job=j + 1, writer=None, done=[])
 
-        def write(indices, grids):
-            for i, grid in zip(indices, grids):
+        def write(indices, grids, mirrors):
+            for n, (i, grid) in enumerate(zip(indices, grids)):
                 while i >= ends[state["job"]]:
                     finish()
                 examples, path = jobs[state["job"]]
@@ -181,7 +202,8 @@ class Extractor:
                     state["writer"] = _open_shard(path)
                 first = ends[state["job"]] - len(examples)
                 ex = examples[i - first]
-                state["writer"].write(_serialize(ex.image_id, grid, ex))
+                state["writer"].write(_serialize(ex.image_id, grid, ex,
+                                                 None if mirrors is None else mirrors[n]))
                 state["done"].append(int(i - first))
 
         # Records of batch k are serialised and written on a second thread while
@@ -192,9 +214,11 @@ class Extractor:
             try:
                 for indices, images in self._dataset(flat):
                     grids = self._forward(images).numpy()
+                    # Flipped after resizing: the same pixels, mirrored.
+                    mirrors = self._forward(tf.reverse(images, [2])).numpy() if mirror else None
                     if pending is not None:
                         pending.result()  # re-raises a failed write here
-                    pending = pool.submit(write, indices.numpy(), grids)
+                    pending = pool.submit(write, indices.numpy(), grids, mirrors)
                 if pending is not None:
                     pending.result()
                 while state["job"] < len(jobs):  # the last shards, or ones all skipped
@@ -243,6 +267,7 @@ def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict
         # Only when set, so caches made before the option existed stay valid.
         **({"layer": backbone.layer} if backbone.layer else {}),
         **({"trainable_from": backbone.trainable_from} if backbone.trainable_from else {}),
+        **({"mirror": True} if mirrored(config, split_role) else {}),
         "input_size": backbone.input_size, "grid_shape": list(backbone.grid_shape),
         "shard_size": fc.shard_size,
     }
@@ -254,6 +279,11 @@ def _fingerprint(config: RunConfig, split_role: str, examples, backbone) -> dict
     if split_role == "train":
         fingerprint["vocabulary"] = {"min_count": dc.min_count, "max_vocab": dc.max_vocab}
     return fingerprint
+
+
+def mirrored(config: RunConfig, split_role: str) -> bool:
+    """Whether this split's records hold mirrors: the train split's, when asked."""
+    return config.features.mirror and split_role == "train"
 
 
 def _records_key(fingerprint: dict) -> str:
@@ -325,7 +355,8 @@ def extract(config: RunConfig, split_role: str, shard: tuple[int, int] = (0, 1),
 
     if todo:
         extractor.write_shards([(examples[k * size:(k + 1) * size], io.join(out, names[k]))
-                                for k in todo], on_shard=progress)
+                                for k in todo], on_shard=progress,
+                                mirror=mirrored(config, split_role))
 
     missing = [n for n in names if not io.exists(io.join(out, f"{n}.tfrecord"))]
     if missing:

@@ -41,14 +41,31 @@ def vocabulary_path(manifest: dict) -> str:
     return io.normpath(os.path.join(manifest["dir"], manifest["vocabulary"]["file"]))
 
 
-def _parsed(records: tf.data.Dataset, manifest: dict) -> tf.data.Dataset:
+_MIRROR_SPEC = {"mirror": tf.io.FixedLenFeature([], tf.string),
+                "mirrorable": tf.io.FixedLenFeature([], tf.int64)}
+
+
+def has_mirrors(manifest: dict) -> bool:
+    """Whether the cache's records hold mirrors (features.mirror, train split)."""
+    return bool(manifest["fingerprint"].get("mirror"))
+
+
+def _parsed(records: tf.data.Dataset, manifest: dict, mirrors: bool = False
+            ) -> tf.data.Dataset:
+    """mirrors: also parse each record's mirror grid and mirrorable flag."""
     h, w, c = manifest["grid_shape"]
+    spec = {**_SPEC, **_MIRROR_SPEC} if mirrors else _SPEC
+
+    def grid(raw):
+        return tf.reshape(tf.io.decode_raw(raw, tf.float16), [h * w, c])
 
     def parse(serialized):
-        row = tf.io.parse_single_example(serialized, _SPEC)
-        grid = tf.reshape(tf.io.decode_raw(row["features"], tf.float16), [h * w, c])
-        return {"image_id": row["image_id"], "features": grid,
-                "captions": tf.sparse.to_dense(row["captions"])}
+        row = tf.io.parse_single_example(serialized, spec)
+        out = {"image_id": row["image_id"], "features": grid(row["features"]),
+               "captions": tf.sparse.to_dense(row["captions"])}
+        if mirrors:
+            out.update(mirror=grid(row["mirror"]), mirrorable=row["mirrorable"] > 0)
+        return out
 
     return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -80,13 +97,14 @@ def _shard_counts(manifest: dict) -> tuple[list[int], list[list[int]] | None]:
 
 def _window_tensors(records: tf.data.Dataset, count, tokenizer: text.Tokenizer) -> dict:
     """`count` parsed records -> one dict: features (n, L, C), the captions' tokens
-    (R, T), each caption's image (R,), each image's first caption and count (n,)."""
+    (R, T), each caption's image (R,), each image's first caption and count (n,);
+    with mirrors, also mirror (n, L, C) and mirrorable (n,)."""
     # The exact count: batch() preallocates batch_size rows.
-    whole = records.map(lambda row: (row["features"], row["captions"])).ragged_batch(
-        tf.cast(count, tf.int64))
-    grids, captions = whole.get_single_element()
+    whole = records.map(lambda row: {k: v for k, v in row.items() if k != "image_id"})
+    rows = whole.ragged_batch(tf.cast(count, tf.int64)).get_single_element()
+    captions = rows.pop("captions")
     counts = tf.cast(captions.row_lengths(), tf.int32)
-    return {"features": grids,
+    return {**rows,
             "tokens": tokenizer.tokenize(captions.flat_values).to_tensor(),
             "caption_image": tf.cast(captions.value_rowids(), tf.int32),
             "first_caption": tf.cast(captions.row_starts(), tf.int32),
@@ -117,6 +135,7 @@ class TrainingData:
         cross-entropy phase holds already: one copy in RAM, not two)."""
         self.cfg, self.tokenizer, self.seed = cfg, tokenizer, cfg.seed
         self.manifest = manifest = load_manifest(cache_dir, split_role)
+        self.mirrors = has_mirrors(manifest)
         self.batch_size = batch_size or cfg.batch_size
         self.k = cfg.captions_per_image
         if self.k and self.batch_size % self.k:
@@ -135,7 +154,7 @@ class TrainingData:
                 and share.manifest == manifest and share.tokenizer is tokenizer:
             self.memory = share.memory
         elif cfg.cache_in_memory:
-            self.memory = _window_tensors(read_records(manifest), sum(images), tokenizer)
+            self.memory = _window_tensors(self._records(self.files), sum(images), tokenizer)
         if self.memory is not None:
             counts = self.memory["caption_count"].numpy().tolist()
             captions = [counts[s:s + n] for s, n in zip(starts, images)]
@@ -185,19 +204,24 @@ class TrainingData:
         ds = ds.flat_map(self._window_batches)
         return (ds if table else ds.take(0)).prefetch(2)
 
+    def _records(self, files) -> tf.data.Dataset:
+        # Read in sequence, as read_records: rows are indexed by their place.
+        return _parsed(tf.data.TFRecordDataset(files, buffer_size=1 << 22), self.manifest,
+                       self.mirrors)
+
     def _load(self, window) -> dict:
         if self.memory is not None:
             m = self.memory
             i0, i1 = tf.unstack(tf.gather(tf.constant(self.image_ranges), window))
             c0, c1 = tf.unstack(tf.gather(tf.constant(self.caption_ranges), window))
-            return {"features": m["features"][i0:i1], "tokens": m["tokens"][c0:c1],
+            per_image = {k: m[k][i0:i1] for k in ("features", "caption_count", "mirror",
+                                                   "mirrorable") if k in m}
+            return {**per_image, "tokens": m["tokens"][c0:c1],
                     "caption_image": m["caption_image"][c0:c1] - i0,
-                    "first_caption": m["first_caption"][i0:i1] - c0,
-                    "caption_count": m["caption_count"][i0:i1]}
+                    "first_caption": m["first_caption"][i0:i1] - c0}
         files = tf.ragged.constant([[self.files[s] for s in w] for w in self.windows])[window]
         i0, i1 = tf.unstack(tf.gather(tf.constant(self.image_ranges), window))
-        return _window_tensors(_parsed(tf.data.TFRecordDataset(files), self.manifest),
-                               i1 - i0, self.tokenizer)
+        return _window_tensors(self._records(files), i1 - i0, self.tokenizer)
 
     def _window_batches(self, epoch, window, skip) -> tf.data.Dataset:
         data = self._load(window)
@@ -208,12 +232,17 @@ class TrainingData:
                                             batches.caption_seed(self.seed, epoch, window))
             chosen = data["first_caption"][:, None] + picks
             lengths = tf.reduce_max(tf.gather(lengths, chosen), axis=1)
+        flips = None
+        if self.mirrors:  # each row (caption, or image with its K) drawn once an epoch
+            image_of_row = tf.range(tf.shape(lengths)[0]) if self.k else data["caption_image"]
+            flips = batches.mirror_rows(tf.gather(data["mirrorable"], image_of_row),
+                                        batches.mirror_seed(self.seed, epoch, window))
         rows, pad_to = batches.plan(lengths, self.rows_per_batch, self.pad_lengths,
                                     self.seed, epoch, window)
         plan = tf.data.Dataset.from_tensor_slices((rows, pad_to)).skip(tf.cast(skip, tf.int64))
-        return plan.map(lambda r, t: self._assemble(data, chosen, r, t))
+        return plan.map(lambda r, t: self._assemble(data, chosen, r, t, flips))
 
-    def _assemble(self, data: dict, chosen, rows, pad_to):
+    def _assemble(self, data: dict, chosen, rows, pad_to, flips=None):
         valid = rows >= 0
         rows = tf.maximum(rows, 0)
         if self.k:
@@ -221,6 +250,9 @@ class TrainingData:
         else:
             images, captions = tf.gather(data["caption_image"], rows), rows
         feats = tf.gather(data["features"], images)
+        if flips is not None:
+            feats = tf.where(tf.gather(flips, rows)[:, None, None],
+                             tf.gather(data["mirror"], images), feats)
         tokens = batches.pad_tokens(tf.gather(data["tokens"], captions), pad_to)
         keep = tf.reshape(valid, [-1] + [1] * (tokens.shape.rank - 1))
         tokens = tf.where(keep, tokens, text.PAD_ID)  # masked rows: no tokens at all
