@@ -213,6 +213,13 @@ class TrainConfig:
     # linearly from 0 at the first step to this value at the phase's last.
     # Recurrent decoders only (a transformer reads all positions at once).
     scheduled_sampling: float = 0.0
+    # Polyak averaging (tfcaption/averaging.py): an exponential moving average
+    # of the weights, kept alongside them, with this decay per step (0: off;
+    # e.g. 0.999 over thousands of steps). Validation, the best checkpoint and
+    # everything after training use the average. ema_decay: cross-entropy
+    # and fine-tuning; rl_ema_decay: SCST. Each phase starts its own average.
+    ema_decay: float = 0.0
+    rl_ema_decay: float = 0.0
     # Bit-for-bit repeatable runs (tf.config.experimental.enable_op_determinism,
     # and Grappler off: see training.make_trainer): a fresh run reproduces its
     # scores exactly, SCST included; costs a little speed on GPUs. Without it,

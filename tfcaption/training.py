@@ -18,6 +18,7 @@ stop are agreed across workers (distribute.agree).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -26,7 +27,7 @@ import time
 import keras
 import tensorflow as tf
 
-from tfcaption import decoding, distribute, io, metrics, rewards, scst
+from tfcaption import averaging, decoding, distribute, io, metrics, rewards, scst
 from tfcaption.checkpoints import TYPE_KEY, restore_checked, type_record, weight_names
 from tfcaption.config import RunConfig
 from tfcaption.data import pipeline, text
@@ -85,6 +86,8 @@ class Trainer:
     # between cross-entropy and SCST, and the backbone top's optimizer.
     ft_steps: int = 0
     top_optimizer: keras.optimizers.Optimizer | None = None
+    # Polyak averaging (train.ema_decay, rl_ema_decay): the weights' shadow.
+    average: averaging.WeightAverage | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -151,6 +154,10 @@ def check_config(config: RunConfig) -> None:
         raise ValueError("train.finetune_epochs fine-tunes the backbone's top: set "
                          "features.trainable_from (e.g. fire6 for SqueezeNet) and extract "
                          "the cache below it")
+    for name in ("ema_decay", "rl_ema_decay"):
+        if not 0.0 <= getattr(tc, name) < 1.0:
+            raise ValueError(f"train.{name}={getattr(tc, name)} must be in [0, 1): the "
+                             "weight of the average's past at each step (0: no averaging)")
     if config.features.trainable_from and tc.mixed_precision == "mixed_float16":
         # Two optimizers would need one loss scale; bfloat16 needs none.
         raise ValueError("features.trainable_from does not train with mixed_float16; use "
@@ -213,7 +220,10 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
         state = {"step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                  "best_metric": tf.Variable(-1.0, trainable=False, name="best_metric"),
                  "bad_epochs": tf.Variable(0, trainable=False, name="bad_epochs")}
-    checkpoint = _checkpoint(decoder, optimizer, state, rl_optimizer, top_optimizer)
+        average = averaging.WeightAverage(decoder.trainable_variables) \
+            if averaging.wanted(tc) else None
+    checkpoint = _checkpoint(decoder, optimizer, state, rl_optimizer, top_optimizer,
+                             average=average)
     latest_dir, best_dir = checkpoint_dirs(tc.train_dir, strategy)
     latest = tf.train.CheckpointManager(checkpoint, latest_dir, max_to_keep=tc.keep_checkpoints)
     best = tf.train.CheckpointManager(checkpoint, best_dir, max_to_keep=1)
@@ -222,17 +232,19 @@ def make_trainer(config: RunConfig, strategy: tf.distribute.Strategy | None = No
     return Trainer(config, strategy, tokenizer, data, decoder, optimizer, checkpoint, latest,
                    best, state, total, rl_data=rl_data, rl_optimizer=rl_optimizer,
                    reward=reward, xe_steps=xe_total, ft_steps=ft_total,
-                   top_optimizer=top_optimizer)
+                   top_optimizer=top_optimizer, average=average)
 
 
 def _checkpoint(decoder, optimizer, state: dict, rl_optimizer=None, top_optimizer=None,
-                record: bool = True) -> tf.train.Checkpoint:
-    """What a run's checkpoints hold: the SCST and top optimizers only when
-    they exist, and the decoder type's record (checkpoints.type_record) unless
-    told not to."""
+                record: bool = True, average=None) -> tf.train.Checkpoint:
+    """What a run's checkpoints hold: the SCST and top optimizers and the
+    weights' average only when they exist, and the decoder type's record
+    (checkpoints.type_record) unless told not to."""
     extra = {"rl_optimizer": rl_optimizer} if rl_optimizer else {}
     if top_optimizer:
         extra["top_optimizer"] = top_optimizer
+    if average:
+        extra[averaging.CHECKPOINT_KEY] = average.shadows
     if record:
         extra.update(type_record(decoder))
     return tf.train.Checkpoint(decoder=decoder, optimizer=optimizer, rng=rng_state(decoder),
@@ -243,14 +255,19 @@ def restore_latest(trainer: Trainer, path: str) -> None:
     """Restores a run's latest checkpoint into what it holds: one written before
     SCST was asked for (train.rl_epochs raised after cross-entropy finished) has
     no SCST optimizer, which then starts fresh; one written before decoder
-    types were recorded has no record (restore_checked takes it for a GRU's).
-    The run's next checkpoint holds both."""
+    types were recorded has no record (restore_checked takes it for a GRU's);
+    one written without averaging gives the average the restored weights.
+    The run's next checkpoint holds all three."""
     names = weight_names(path)
     has = lambda prefix: any(k.startswith(prefix + "/") for k in names)  # noqa: E731
     rl_optimizer = trainer.rl_optimizer if has("rl_optimizer") else None
     top_optimizer = trainer.top_optimizer if has("top_optimizer") else None
+    average = trainer.average if has(averaging.CHECKPOINT_KEY) else None
     restore_checked(_checkpoint(trainer.decoder, trainer.optimizer, trainer.state,
-                                rl_optimizer, top_optimizer, record=has(TYPE_KEY)), path)
+                                rl_optimizer, top_optimizer, record=has(TYPE_KEY),
+                                average=average), path)
+    if trainer.average and not average:
+        trainer.average.reset()
 
 
 def _replica_step(trainer: Trainer, phase: str = "xe"):
@@ -271,6 +288,7 @@ def _replica_step(trainer: Trainer, phase: str = "xe"):
     variables = head + top
     global_batch = trainer.config.pipeline.batch_size
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    ema_decay = averaging.decay(tc, phase)
 
     def gradients(features, tokens, *sampling):
         with tf.GradientTape() as tape:
@@ -326,6 +344,8 @@ def _replica_step(trainer: Trainer, phase: str = "xe"):
         optimizer.apply(grads[:len(head)], head)
         if top:
             trainer.top_optimizer.apply(grads[len(head):], top)
+        if ema_decay:
+            trainer.average.update(ema_decay, optimizer.iterations)
         return loss, stats, norm
 
     return replica_step
@@ -578,6 +598,8 @@ def _start_phase(trainer: Trainer, phase: str, step: int, first: int) -> None:
             log.info("%s starts from the best checkpoint so far, %s",
                      PHASE_NAMES[phase].split()[0], best)
         trainer.state["bad_epochs"].assign(0)
+        if trainer.average:
+            trainer.average.reset()
 
 
 def _progress(trainer: Trainer, phase: str, stats: dict, window: dict) -> dict:
@@ -644,9 +666,29 @@ def _read_finished(train_dir: str) -> dict | None:
 
 
 def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
-    """Validates, keeps the best checkpoint; True when early stopping says stop."""
-    scores = validate(trainer)
+    """Validates, keeps the best checkpoint; True when early stopping says stop.
+    With averaging in this phase both are the average's (averaging.py)."""
     phase, first, per_epoch = trainer.phase(step - 1)
+    averaged = trainer.average and averaging.decay(trainer.config.train, phase)
+    with trainer.average.swapped_in() if averaged else contextlib.nullcontext():
+        better = _validate_and_keep_best(trainer, writer, step, phase, first, per_epoch,
+                                         progress)
+    state = trainer.state
+    if not better:
+        state["bad_epochs"].assign_add(1)
+    # After validation, so the counters above are in the checkpoint too; after
+    # the swap, so it holds the weights training goes on from.
+    trainer.latest.save(checkpoint_number=step)
+    # Every worker scored the same captions; agreeing still guards the collective.
+    return distribute.agree(trainer.strategy,
+                            int(state["bad_epochs"].numpy()) >= trainer.config.train.patience)
+
+
+def _validate_and_keep_best(trainer: Trainer, writer, step: int, phase: str, first: int,
+                            per_epoch: int, progress: bool) -> bool:
+    """Validation's scores logged and shown; the best checkpoint saved when they
+    are the best yet. -> whether they were."""
+    scores = validate(trainer)
     epoch = (step - first) // per_epoch
     what = PHASE_NAMES[phase]
     with writer.as_default(step=step):
@@ -666,13 +708,8 @@ def _end_of_epoch(trainer: Trainer, writer, step: int, progress: bool) -> bool:
                           {"step": step, "epoch": epoch,
                            "phase": {"xe": "cross-entropy", "ft": "fine-tune"}.get(phase, "scst"),
                            **{k: v for k, v in scores.items() if k != "samples"}})
-    else:
-        state["bad_epochs"].assign_add(1)
-    # After validation, so the counters above are in the checkpoint too.
-    trainer.latest.save(checkpoint_number=step)
-    # Every worker scored the same captions; agreeing still guards the collective.
-    return distribute.agree(trainer.strategy,
-                            int(state["bad_epochs"].numpy()) >= trainer.config.train.patience)
+        return True
+    return False
 
 
 def _summary(trainer: Trainer, stopped: str) -> dict:
