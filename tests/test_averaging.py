@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfcaption import averaging, training
-from tests.test_scst import Killed, kill_after_checkpoint
+from tests.test_scst import first_epoch_best_then_last, killed_at_phase_change_and_in_scst
 from tests.test_scst import fresh as fresh_scst
 from tests.test_training import ONE, TWO, assert_close, cached, first_batch, fresh  # noqa: F401
 
@@ -77,19 +77,8 @@ def test_scst_averages_afresh_and_a_killed_run_resumes_to_the_same_average(
     average starts there too, not at cross-entropy's last average. A run
     killed at the phase change and inside SCST ends with the uninterrupted
     run's weights and average."""
-    scores = {8: 0.9, 16: 0.5, 28: 0.3, 40: 1.2}
-    monkeypatch.setattr(training, "validate", lambda trainer: {
-        "CIDEr-D": scores[int(trainer.state["step"].numpy())], "BLEU-4": 0.0,
-        "samples": [("id", "a caption")]})
-    starts = []
-    original = training._start_phase
-
-    def spy(trainer, phase, step, first):
-        original(trainer, phase, step, first)
-        starts.append((weights_of(trainer.decoder.trainable_variables),
-                       weights_of(trainer.average.shadows)))
-
-    monkeypatch.setattr(training, "_start_phase", spy)
+    starts = first_epoch_best_then_last(monkeypatch, lambda trainer: (
+        weights_of(trainer.decoder.trainable_variables), weights_of(trainer.average.shadows)))
     averages = {"ema_decay": 0.8, "rl_ema_decay": 0.9, "deterministic": True}
     reference = fresh_scst(cached, "ema_reference", **averages)
     summary = training.train(reference, progress=False)
@@ -98,14 +87,7 @@ def test_scst_averages_afresh_and_a_killed_run_resumes_to_the_same_average(
     assert_close(starts[0][0], starts[0][1], atol=0.0)
 
     killed = fresh_scst(cached, "ema_killed", **averages)
-    xe_steps = summary["total_steps"] - summary["scst_steps"]
-    inside = next(s for s in range(xe_steps + 1, summary["total_steps"]) if s % 3 == 0)
-    kill_after_checkpoint(monkeypatch, steps := [xe_steps, inside])
-    for _ in range(2):
-        with pytest.raises(Killed):
-            training.train(killed, progress=False)
-    assert not steps
-    assert training.train(killed, progress=False)["step"] == summary["step"]
+    killed_at_phase_change_and_in_scst(monkeypatch, killed, summary)
     ends = []
     for config in (reference, killed):
         trainer = training.make_trainer(config)

@@ -45,12 +45,24 @@ def kill_after_checkpoint(monkeypatch, steps):
     monkeypatch.setattr(tf.train.CheckpointManager, "save", dying)
 
 
-def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached, monkeypatch):
-    """Both phases in one run. Validation (faked, by step) calls the first
-    cross-entropy epoch the best and the last SCST epoch better still: SCST
-    must start from the first epoch's weights, not the last ones, and the best
-    checkpoint is chosen across phases. A run killed at the phase change and
-    inside SCST ends with the uninterrupted run's weights."""
+def killed_at_phase_change_and_in_scst(monkeypatch, config, reference: dict) -> None:
+    """Trains config as `reference` (a summary) was trained, killed after the
+    checkpoint at the phase change and after one inside SCST, then resumed to
+    its end."""
+    xe_steps = reference["total_steps"] - reference["scst_steps"]
+    inside = next(s for s in range(xe_steps + 1, reference["total_steps"]) if s % 3 == 0)
+    kill_after_checkpoint(monkeypatch, steps := [xe_steps, inside])
+    for _ in range(2):
+        with pytest.raises(Killed):
+            training.train(config, progress=False)
+    assert not steps
+    assert training.train(config, progress=False)["step"] == reference["step"]
+
+
+def first_epoch_best_then_last(monkeypatch, look) -> list:
+    """Validation faked by step for fresh(cached, ...)'s 16 + 24 steps: the
+    first cross-entropy epoch scores best, until SCST's last. -> a list that
+    gets look(trainer) when each later phase has started."""
     scores = {8: 0.9, 16: 0.5, 28: 0.3, 40: 1.2}
     monkeypatch.setattr(training, "validate", lambda trainer: {
         "CIDEr-D": scores[int(trainer.state["step"].numpy())], "BLEU-4": 0.0,
@@ -60,12 +72,25 @@ def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached,
 
     def spy(trainer, phase, step, first):
         original(trainer, phase, step, first)
-        best = trainer.best.latest_checkpoint  # kept one at a time: read it now
-        stored = checkpoints.restore_decoder(trainer.config, best)[0].trainable_variables
-        seen.append((best, [v.numpy() for v in trainer.decoder.trainable_variables],
-                     [v.numpy() for v in stored]))
+        seen.append(look(trainer))
 
     monkeypatch.setattr(training, "_start_phase", spy)
+    return seen
+
+
+def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached, monkeypatch):
+    """Both phases in one run. Validation (faked, by step) calls the first
+    cross-entropy epoch the best and the last SCST epoch better still: SCST
+    must start from the first epoch's weights, not the last ones, and the best
+    checkpoint is chosen across phases. A run killed at the phase change and
+    inside SCST ends with the uninterrupted run's weights."""
+    def look(trainer):
+        best = trainer.best.latest_checkpoint  # kept one at a time: read it now
+        stored = checkpoints.restore_decoder(trainer.config, best)[0].trainable_variables
+        return (best, [v.numpy() for v in trainer.decoder.trainable_variables],
+                [v.numpy() for v in stored])
+
+    seen = first_epoch_best_then_last(monkeypatch, look)
     reference = fresh(cached, "reference", deterministic=True)
     summary = training.train(reference, progress=False)
     xe_steps = summary["total_steps"] - summary["scst_steps"]
@@ -80,14 +105,7 @@ def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached,
     assert summary["best_CIDEr-D"] == pytest.approx(1.2)
 
     killed = fresh(cached, "killed", deterministic=True)
-    inside = next(s for s in range(xe_steps + 1, summary["total_steps"]) if s % 3 == 0)
-    kill_after_checkpoint(monkeypatch, steps := [xe_steps, inside])
-    for _ in range(2):
-        with pytest.raises(Killed):
-            training.train(killed, progress=False)
-    assert not steps
-    again = training.train(killed, progress=False)
-    assert again["step"] == summary["step"]
+    killed_at_phase_change_and_in_scst(monkeypatch, killed, summary)
     a = decoder_weights(cached / "killed" / "latest")
     b = decoder_weights(cached / "reference" / "latest")
     assert a.keys() == b.keys()
