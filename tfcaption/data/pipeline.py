@@ -249,10 +249,16 @@ class TrainingData:
             images, captions = rows, tf.gather(chosen, rows)  # (n,), (n, K)
         else:
             images, captions = tf.gather(data["caption_image"], rows), rows
-        feats = tf.gather(data["features"], images)
-        if flips is not None:
-            feats = tf.where(tf.gather(flips, rows)[:, None, None],
-                             tf.gather(data["mirror"], images), feats)
+        if flips is None:
+            feats = tf.gather(data["features"], images)
+        else:
+            # Each row's grid gathered once, from the originals or the mirrors
+            # (not both, then a choice: twice the bytes moved per batch).
+            side = tf.cast(tf.gather(flips, rows), tf.int32)
+            where = tf.dynamic_partition(tf.range(tf.size(images)), side, 2)
+            which = tf.dynamic_partition(images, side, 2)
+            feats = tf.dynamic_stitch(where, [tf.gather(data["features"], which[0]),
+                                              tf.gather(data["mirror"], which[1])])
         tokens = batches.pad_tokens(tf.gather(data["tokens"], captions), pad_to)
         keep = tf.reshape(valid, [-1] + [1] * (tokens.shape.rank - 1))
         tokens = tf.where(keep, tokens, text.PAD_ID)  # masked rows: no tokens at all
