@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-integration test-slow bench clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# What `make test` leaves out for speed, and CI runs after it: real processes
+# (kill -9 and resume, two workers, serving from a Python without tfcaption)
+# and whole runs killed and resumed.
+test-integration: $(STAMP)
+	$(VENV)/bin/pytest -q -m "integration and not slow"
 
 # Tests that need real weights, real data or minutes of CPU.
 test-slow: $(STAMP)

@@ -70,6 +70,7 @@ def test_validation_and_the_best_checkpoint_use_the_average_training_the_weights
     assert_close(shadow, seen[-1][1], atol=0.0)  # the last epoch's average
 
 
+@pytest.mark.integration
 def test_scst_averages_afresh_and_a_killed_run_resumes_to_the_same_average(
         cached, monkeypatch):
     """Both phases averaged. Validation (faked, by step) calls the first

@@ -112,6 +112,7 @@ def test_phases_start_from_the_best_checkpoint_and_only_later_ones_train_the_top
     assert max(float(np.abs(a - b).max()) for a, b in zip(last, tuned)) > 0
 
 
+@pytest.mark.integration
 def test_a_run_killed_in_fine_tuning_resumes_to_the_same_weights(reference, cut, monkeypatch):
     monkeypatch.setattr(training, "validate", lambda trainer: {
         "CIDEr-D": SCORES[int(trainer.state["step"].numpy())], "BLEU-4": 0.0,
@@ -162,6 +163,7 @@ def test_settings_that_cannot_fine_tune_are_refused(cut):
         training.check_config(config)
 
 
+@pytest.mark.integration
 def test_the_saved_model_serves_the_fine_tuned_top(reference, cut, tmp_path):
     """JPEG bytes in a process without tfcaption give the captions, scores and
     attention of the bottom + the fine-tuned decoder in this one; the backbone's

@@ -28,6 +28,8 @@ from tests.devices import two_cpus
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.integration
+
 VARIANTS = {
     # 36 captions in batches of 5: 8 steps an epoch, in memory, one window.
     "pairs in memory": {},

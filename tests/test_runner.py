@@ -4,8 +4,12 @@ import json
 import os
 import shutil
 
+import pytest
+
 from tfcaption import runner
 from tests.test_evaluation import tiny_synthetic
+
+pytestmark = pytest.mark.integration  # a whole pipeline, twice
 
 
 def test_run_makes_every_artifact_then_skips_each_complete_stage(tmp_path, capsys):

@@ -78,6 +78,7 @@ def first_epoch_best_then_last(monkeypatch, look) -> list:
     return seen
 
 
+@pytest.mark.integration
 def test_scst_follows_the_best_cross_entropy_weights_and_resumes_exactly(cached, monkeypatch):
     """Both phases in one run. Validation (faked, by step) calls the first
     cross-entropy epoch the best and the last SCST epoch better still: SCST

@@ -90,6 +90,7 @@ def ram_run(tmp_path_factory):
         io.rmtree(root)
 
 
+@pytest.mark.integration
 def test_every_artifact_is_on_ram_and_nothing_local(ram_run):
     config, artifacts, _ = ram_run
     assert all(str(where).startswith("ram://") for where in artifacts.values()
@@ -111,6 +112,7 @@ def test_every_artifact_is_on_ram_and_nothing_local(ram_run):
     assert "<!DOCTYPE html>" in io.read_text(artifacts["report"])
 
 
+@pytest.mark.integration
 def test_cli_run_with_ram_paths_skips_every_complete_stage(ram_run, tmp_path, monkeypatch,
                                                            capsys):
     """`--set` takes URLs; a second run over complete outputs decodes, exports and
@@ -133,6 +135,7 @@ def test_cli_run_with_ram_paths_skips_every_complete_stage(ram_run, tmp_path, mo
     assert "already scored" in printed and artifacts["SavedModel"] in printed
 
 
+@pytest.mark.integration
 def test_retrain_into_the_same_path_redoes_evaluation_export_and_report(ram_run):
     """`make clean` then a retrain: the same checkpoint path holds other weights.
     Judged by the checkpoint's content, evaluation, export and report are done

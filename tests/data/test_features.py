@@ -237,6 +237,7 @@ def test_large_image_is_resized(tmp_path):
     assert features.extract(config, "train")["count"] == 1
 
 
+@pytest.mark.integration
 def test_sigkill_half_way_then_resume(tmp_path):
     """A real `kill -9` of the CLI while it writes shards; the re-run completes the cache."""
     config_file = tmp_path / "pipeline.py"

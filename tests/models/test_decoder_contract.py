@@ -251,14 +251,12 @@ def as_other(config, decoder: str) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def exports(cached, tmp_path_factory):  # noqa: F811 (the fixture imported above)
-    """Per decoder: a run whose latest checkpoint holds spread random weights
-    (no training: the export restores it as a trained one), its SavedModel
-    (beam 3) and what this process computes from the checkpoint; then one
-    fresh process, which cannot import tfcaption, runs every SavedModel."""
+def runs(cached, tmp_path_factory):  # noqa: F811 (the fixture imported above)
+    """Per decoder: a run whose latest checkpoint holds spread random weights (no
+    training: what restores it takes it for a trained one), and image bytes."""
     root = tmp_path_factory.mktemp("contract")
     blobs = [p.read_bytes() for p in sorted((cached / "img").iterdir())][:6]
-    runs = {}
+    configs = {}
     for name in DECODERS:
         config = run_config(cached, root / name / "train", name)
         manifest = checkpoints.load_manifest(config.features.cache_dir, "train")
@@ -267,19 +265,29 @@ def exports(cached, tmp_path_factory):  # noqa: F811 (the fixture imported above
                                config=config)
         tf.train.Checkpoint(decoder=decoder, **checkpoints.type_record(decoder)).save(
             str(root / name / "train" / "latest" / "ckpt"))
-        path = export.export(config, out_root=str(root / "saved_models"), beam_size=3,
-                             max_len=MAX_LEN, name=name)
-        runs[name] = types.SimpleNamespace(config=config, path=path, eager=eager_outputs(
-            config, blobs, serving.model_info(path)))
-    report = fresh_report({name: run.path for name, run in runs.items()}, blobs,
-                          runs[DECODERS[0]].eager.grid, {}, root)
-    return types.SimpleNamespace(runs=runs, report=report, root=root, blobs=blobs)
+        configs[name] = config
+    return types.SimpleNamespace(configs=configs, root=root, blobs=blobs)
 
 
+@pytest.fixture(scope="module")
+def exports(runs):
+    """Per decoder: its SavedModel (beam 3) and what this process computes from
+    the checkpoint; then one fresh process, which cannot import tfcaption, runs
+    every SavedModel."""
+    paths, eager = {}, {}
+    for name, config in runs.configs.items():
+        paths[name] = export.export(config, out_root=str(runs.root / "saved_models"),
+                                    beam_size=3, max_len=MAX_LEN, name=name)
+        eager[name] = eager_outputs(config, runs.blobs, serving.model_info(paths[name]))
+    report = fresh_report(paths, runs.blobs, eager[DECODERS[0]].grid, {}, runs.root)
+    return types.SimpleNamespace(eager=eager, report=report)
+
+
+@pytest.mark.integration  # a Python without tfcaption
 @pytest.mark.parametrize("name", DECODERS)
 def test_savedmodel_in_a_fresh_process_gives_the_eager_tokens(exports, name):
     assert exports.report["tfcaption_importable"] is False
-    served, eager = exports.report[name], exports.runs[name].eager
+    served, eager = exports.report[name], exports.eager[name]
     assert_same_outputs(served["serving_default"], eager.beam)
     assert_same_outputs(served["greedy"], eager.greedy)
     assert_same_outputs(served["caption_features"], eager.beam)
@@ -289,28 +297,28 @@ def test_savedmodel_in_a_fresh_process_gives_the_eager_tokens(exports, name):
 
 
 @pytest.mark.parametrize("name", DECODERS)
-def test_tflite_gives_the_eager_greedy_tokens(exports, name):
+def test_tflite_gives_the_eager_greedy_tokens(runs, name):
     """The state crosses TFLite's WHILE as it crosses tf.while_loop."""
-    config = exports.runs[name].config
+    config = runs.configs[name]
     fc = config.features
     backbone = build_backbone(fc.backbone, weights=fc.weights, input_size=fc.input_size,
                               seed=fc.seed)
-    images = tf.stack([backbone.resize(decode_image(tf.constant(b))) for b in exports.blobs])
+    images = tf.stack([backbone.resize(decode_image(tf.constant(b))) for b in runs.blobs])
     h, w, c = backbone.grid_shape
     grid = tf.reshape(backbone(backbone.normalize(images)), [-1, h * w, c])
     decoder, *_ = checkpoints.restore_decoder(config)
     tokens, _, scores, _ = decoding.greedy(decoder, grid, MAX_LEN, config.decode.no_repeat_ngram)
-    path = tflite_export.export_tflite(config, str(exports.root / "tflite"), max_len=MAX_LEN)
+    path = tflite_export.export_tflite(config, str(runs.root / "tflite"), max_len=MAX_LEN)
     found = tflite_export.run(f"{path}/{tflite_export.MODEL_FILE}", images.numpy())
     np.testing.assert_array_equal(found["tokens"], tokens.numpy())
     np.testing.assert_allclose(found["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("trained, asked", itertools.permutations(DECODERS, 2))
-def test_a_checkpoint_restores_only_into_its_own_decoder_type(exports, trained, asked):
+def test_a_checkpoint_restores_only_into_its_own_decoder_type(runs, trained, asked):
     """Evaluation, export and caption (restore_decoder) and a resumed training
     run all refuse, naming both types."""
-    config = as_other(exports.runs[trained].config, asked)
+    config = as_other(runs.configs[trained], asked)
     message = f"trained with model.decoder={trained}; this config says model.decoder={asked}"
     with pytest.raises(ValueError, match=message):
         checkpoints.restore_decoder(config)
