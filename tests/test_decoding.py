@@ -360,6 +360,33 @@ def test_top_k_and_top_p_cut_the_support():
         assert (kept[:2] > 0.2).all() and kept[2] == 0
 
 
+def graph_ops(concrete) -> set:
+    """Every op type of a concrete function, its loops' bodies included."""
+    graph = concrete.graph.as_graph_def()
+    return ({n.op for n in graph.node}
+            | {n.op for f in graph.library.function for n in f.node_def})
+
+
+def test_an_uncut_draw_sorts_nothing_and_a_requested_cut_decides_at_run_time():
+    """top_k=0, top_p=1 draw without sorting the vocabulary (SCST samples this
+    way at every step); the same draw as a cut that keeps every word. Cuts given
+    as tensors (a request's) are decided when the graph runs."""
+    decoder, (features, _) = tiny_decoder(), batch(size=3)
+
+    def draw(top_k, top_p):
+        return decoding.sample(decoder, features, 5, 10, 1.0, top_k=top_k, top_p=top_p,
+                               seed=4)[0]
+
+    uncut = tf.function(lambda: draw(0, 1.0)).get_concrete_function()
+    assert not graph_ops(uncut) & {"Sort", "TopKV2"}
+    assert "TopKV2" in graph_ops(tf.function(lambda: draw(3, 1.0)).get_concrete_function())
+    np.testing.assert_array_equal(draw(0, 1.0), draw(decoder.vocab_size, 1.0))
+    as_tensors = tf.function(lambda k, p: draw(k, p))
+    for k, p in ((0, 1.0), (2, 1.0), (0, 0.6)):
+        np.testing.assert_array_equal(as_tensors(tf.constant(k), tf.constant(p)), draw(k, p))
+    assert (draw(2, 1.0).numpy() != draw(0, 1.0).numpy()).any()
+
+
 def test_near_zero_temperature_is_greedy():
     decoder = TableDecoder(BEATS_GREEDY)
     for temperature in (0.0, 1e-3, 1e-6):

@@ -33,18 +33,32 @@ def sampler(temperature, top_k=0, top_p=1.0, seed=0):
     top_k, top_p = tf.cast(top_k, tf.int32), tf.cast(top_p, tf.float32)
     seed = tf.cast(seed, tf.int64)
     key = tf.stack([seed, tf.zeros_like(seed)]) if seed.shape.rank == 0 else seed
+    # Cutting needs the vocabulary sorted in every row at every step: 9% of an
+    # SCST step's op time, for a draw that top_k=0, top_p=1 leaves uncut.
+    # Known values decide while tracing; tensors (a request's) at run time.
+    known_k, known_p = tf.get_static_value(top_k), tf.get_static_value(top_p)
+    if known_k is not None and known_p is not None:
+        cuts = bool(known_k > 0 or known_p < 1)
+    else:
+        cuts = (top_k > 0) | (top_p < 1)
 
-    def choose(logp, t):
-        vocab = tf.shape(logp)[-1]
-        scaled = logp / tf.maximum(temperature, 1e-6)
+    def cut(scaled):
+        """scaled with the words outside the top_k / top_p set at NEG."""
         ranked = tf.sort(scaled, axis=-1, direction="DESCENDING")
-        position = tf.range(vocab)
+        position = tf.range(tf.shape(scaled)[-1])
         # The mass ranked strictly before each word decides whether it is kept.
         before = tf.math.cumsum(tf.nn.softmax(ranked), axis=-1, exclusive=True)
         kept = (before < top_p) | tf.equal(position, 0)
         kept &= (top_k <= 0) | (position < top_k)
         floor = tf.reduce_min(tf.where(kept, ranked, -NEG), axis=-1, keepdims=True)
-        scaled = tf.where(scaled < floor, NEG, scaled)
+        return tf.where(scaled < floor, NEG, scaled)
+
+    def choose(logp, t):
+        scaled = logp / tf.maximum(temperature, 1e-6)
+        if cuts is True:
+            scaled = cut(scaled)
+        elif cuts is not False:
+            scaled = tf.cond(cuts, lambda: cut(scaled), lambda: scaled)
         uniform = tf.random.stateless_uniform(
             tf.shape(logp), tf.random.experimental.stateless_fold_in(key, t, alg="philox"),
             minval=1e-7, maxval=1.0, alg="philox")
