@@ -28,12 +28,13 @@ SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kern
 # The files that take longest (trained models, killed processes), longest
 # first: the two test processes take whole files in this order, and the short
 # ones then fill in, instead of one process finishing a long file alone.
-# (By their summed test times in one run of the suite, 2026-12-06: 175 s down
-# to 24 s; test_finetune.py, 95 s, had been left out and ran at the end.)
-LONGEST_FIRST = ("test_training.py", "test_decoder_contract.py", "test_resume.py",
-                 "test_finetune.py", "test_scst.py", "test_storage.py", "test_export.py",
-                 "test_evaluation.py", "test_precision.py", "test_transformer.py",
-                 "test_runner.py", "test_features.py", "test_decoder.py")
+# (By their summed test times in `make test` and `make test-integration`,
+# 2026-12-07; both orders come from this one ranking.)
+LONGEST_FIRST = ("test_training.py", "test_resume.py", "test_scst.py",
+                 "test_decoder_contract.py", "test_finetune.py", "test_averaging.py",
+                 "test_transformer.py", "test_precision.py", "test_export.py",
+                 "test_evaluation.py", "test_decoder.py", "test_storage.py", "test_runner.py",
+                 "test_backbones.py", "test_features.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -27,6 +27,9 @@ from tfcaption.data.pipeline import max_tokens
 from tfcaption.models.backbones import build_backbone
 from tests.test_training import tiny_run
 
+# A Python without tfcaption, saved_model_cli and the caption command are processes.
+pytestmark = pytest.mark.integration
+
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 VENV_BIN = pathlib.Path(sys.executable).parent
 FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "NumpyFunction"}

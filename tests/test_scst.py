@@ -228,7 +228,8 @@ def test_baselines_mean_of_the_others_and_greedy(cached):
                                atol=1e-6)
 
 
-def test_scst_runs_on_two_replicas_and_refuses_what_cannot_work(cached):
+@pytest.mark.integration  # a whole run, both phases, on two replicas
+def test_scst_runs_on_two_replicas(cached):
     # With the mixed objective and the entropy bonus: the references' loss is
     # normalised by the global batch, so it must run split across replicas too.
     config = fresh(cached, "two", epochs=1, rl_epochs=1, rl_xent_weight=0.1,
@@ -236,6 +237,9 @@ def test_scst_runs_on_two_replicas_and_refuses_what_cannot_work(cached):
     config.pipeline.batch_size = 6  # 2 images of 3 samples: one per replica
     summary = training.train(config, strategy=two_cpus(), progress=False)
     assert summary["step"] == summary["total_steps"] and summary["scst_steps"] > 0
+
+
+def test_scst_refuses_what_cannot_work(cached):
     for bad, match in (({"rl_baseline": "max"}, "rl_baseline"),
                        ({"rl_reward": "meteor"}, "rl_reward"),
                        ({"rl_samples": 1}, "rl_samples"),

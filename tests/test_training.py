@@ -249,11 +249,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(cached, monk
     assert tf.train.latest_checkpoint(str(cached / "nan" / "latest")) == latest
 
 
-def test_scheduled_sampling_reaches_the_step_trains_on_two_replicas_and_is_refused_elsewhere(
-        cached):
+def test_scheduled_sampling_reaches_the_step_and_is_refused_where_it_cannot_work(cached):
     """At the phase's end (probability 1 here) the step's loss is not teacher
-    forcing's; a two-replica run trains, logging the ramped probability; the
-    transformer and probabilities above 1 are refused by name."""
+    forcing's; the transformer and probabilities above 1 are refused by name."""
     config = fresh(cached, "ss", scheduled_sampling=1.0, epochs=1)
     config.pipeline.batch_size = 6
     config.model.dropout = 0.0
@@ -265,16 +263,6 @@ def test_scheduled_sampling_reaches_the_step_trains_on_two_replicas_and_is_refus
         feats, tokens = next(iter(trainer.data.dataset(0, 1)))
         losses.append(float(training.make_step(trainer)(feats, tokens)[0]))
     assert abs(losses[1] - losses[0]) > 1e-3 * losses[0]
-    summary = training.train(config, strategy=TWO(), progress=False)
-    assert summary["step"] == summary["total_steps"] == 6
-    logged = []
-    for path in (cached / "ss" / "logs").iterdir():
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            logged += [(event.step, float(tf.make_ndarray(v.tensor)))
-                       for v in event.summary.value if v.tag == "scheduled_sampling"]
-    # Step s (1-based) ran with probability (s - 1) / 6.
-    assert sorted(logged) == [(s, pytest.approx((s - 1) / 6)) for s in range(1, 7)]
     for bad, match in (({"scheduled_sampling": 1.5}, "probability"),):
         with pytest.raises(ValueError, match=match):
             training.make_trainer(fresh(cached, "ss-bad", **bad))
@@ -282,6 +270,23 @@ def test_scheduled_sampling_reaches_the_step_trains_on_two_replicas_and_is_refus
     transformer.model.decoder = "transformer"
     with pytest.raises(ValueError, match="recurrent decoder"):
         training.make_trainer(transformer)
+
+
+@pytest.mark.integration  # a whole run on two replicas
+def test_scheduled_sampling_trains_on_two_replicas_logging_its_ramp(cached):
+    """A two-replica run trains, logging the ramped probability of each step."""
+    config = fresh(cached, "ss-two", scheduled_sampling=1.0, epochs=1)
+    config.pipeline.batch_size = 6
+    summary = training.train(config, strategy=TWO(), progress=False)
+    assert summary["step"] == summary["total_steps"] == 6
+    logged = []
+    for path in (cached / "ss-two" / "logs").iterdir():
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            logged += [(event.step, float(tf.make_ndarray(v.tensor)))
+                       for v in event.summary.value if v.tag == "scheduled_sampling"]
+    # Step s (1-based) ran with probability (s - 1) / 6.
+    assert sorted(logged) == [(s, pytest.approx((s - 1) / 6)) for s in range(1, 7)]
 
 
 def test_deterministic_also_turns_grappler_off(cached):
