@@ -222,3 +222,24 @@ def test_scst_leaves_the_top_alone_without_a_rate_and_the_top_rate_switches(cut)
     rate = trainer.top_optimizer.learning_rate_schedule if hasattr(
         trainer.top_optimizer, "learning_rate_schedule") else trainer.top_optimizer._learning_rate
     np.testing.assert_allclose([float(rate(s)) for s in (0, 7, 8, 20)], [1e-2, 1e-2, 0, 0])
+
+
+def test_the_average_moves_only_what_the_phase_trains(cut):
+    """A frozen top's shadows are left as the phase started them (here: a
+    sentinel) by a cross-entropy step, and follow the top in fine-tuning."""
+    config = finetuned(cut, "averaged", ema_decay=0.5)
+    trainer = training.make_trainer(config)
+    average = trainer.average
+    top = {id(v) for v in top_variables(trainer.decoder)}
+    shadows = {"top": [s for s, w in zip(average.shadows, average.weights) if id(w) in top],
+               "head": [s for s, w in zip(average.shadows, average.weights) if id(w) not in top]}
+    assert shadows["top"] and shadows["head"]
+    batch = next(iter(trainer.data.dataset(0, 1)))
+    for phase, top_moves in (("xe", False), ("ft", True)):
+        for shadow in average.shadows:
+            shadow.assign(tf.zeros_like(shadow))
+        training.make_step(trainer, phase)(*batch)
+        moved = {part: [bool(np.any(s.numpy() != 0)) for s in group]
+                 for part, group in shadows.items()}
+        assert all(moved["head"]), phase
+        assert all(moved["top"]) if top_moves else not any(moved["top"]), phase

@@ -49,13 +49,18 @@ class WeightAverage:
         for shadow, weight in zip(self.shadows, self.weights):
             shadow.assign(tf.convert_to_tensor(weight))
 
-    def update(self, decay: float, count) -> None:
+    def update(self, decay: float, count, trained: list) -> None:
         """One step of the average, in the train step after the optimizer's
-        update (replica context). count: the phase optimizer's iterations."""
+        update (replica context). count: the phase optimizer's iterations;
+        trained: the variables the phase trains. The others (a backbone top
+        while it is frozen) keep the shadow the phase started with, their own
+        value: averaging them would only cost a step's work and rounding."""
         n = tf.cast(count, tf.float32)
         d = tf.minimum(tf.constant(decay, tf.float32), (1.0 + n) / (10.0 + n))
+        moved = {id(v) for v in trained}  # Keras variables: no .ref()
         for shadow, weight in zip(self.shadows, self.weights):
-            shadow.assign(d * shadow + (1.0 - d) * tf.convert_to_tensor(weight))
+            if id(weight) in moved:
+                shadow.assign(d * shadow + (1.0 - d) * tf.convert_to_tensor(weight))
 
     @contextlib.contextmanager
     def swapped_in(self):

@@ -345,7 +345,7 @@ def _replica_step(trainer: Trainer, phase: str = "xe"):
         if top:
             trainer.top_optimizer.apply(grads[len(head):], top)
         if ema_decay:
-            trainer.average.update(ema_decay, optimizer.iterations)
+            trainer.average.update(ema_decay, optimizer.iterations, variables)
         return loss, stats, norm
 
     return replica_step
