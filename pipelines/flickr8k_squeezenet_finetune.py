@@ -43,6 +43,10 @@ Scores:    dev split, beam 3, coco-caption (pycocoevalcap, PTB tokenizer),
            a token) while validation fell: the top's 0.60 M weights over 6000
            images overfit, as cross-entropy itself had begun to (epoch 8
            below epoch 7). Issue 18's +0.03 is not met on this data.
+           With mirrored images as augmentation and the top at 3e-5
+           (pipelines/README.md) it was not met either: greedy validation
+           0.424 -> 0.428 over 2 fine-tune epochs, dev 0.451 against the
+           mirrored frozen run's 0.456.
 """
 
 import dataclasses
