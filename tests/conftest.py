@@ -30,11 +30,12 @@ SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kern
 # ones then fill in, instead of one process finishing a long file alone.
 # (By their summed test times in `make test` and `make test-integration`,
 # 2026-12-07; both orders come from this one ranking.)
-LONGEST_FIRST = ("test_training.py", "test_resume.py", "test_scst.py",
-                 "test_decoder_contract.py", "test_finetune.py", "test_averaging.py",
-                 "test_transformer.py", "test_precision.py", "test_export.py",
-                 "test_evaluation.py", "test_decoder.py", "test_storage.py", "test_runner.py",
-                 "test_backbones.py", "test_features.py")
+LONGEST_FIRST = ("test_training.py", "test_resume.py", "test_decoder_contract.py",
+                 "test_storage.py", "test_transformer.py", "test_evaluation.py",
+                 "test_export.py", "test_decoder.py", "test_finetune.py", "test_runner.py",
+                 "test_precision.py", "test_features.py", "test_decoding.py", "test_scst.py",
+                 "test_backbones.py", "test_pipeline.py", "test_averaging.py",
+                 "test_resnet.py")
 
 
 def pytest_collection_modifyitems(items):
