@@ -25,6 +25,8 @@ Runtime:   after the install (what `make demo` runs), on 2-core CPUs. This
            demo` on a fresh clone (after the install; world included) 4 min
            49 s, test CIDEr-D 3.99 and pointing 0.894, no time-limit message;
            then the full 3x3 recipe 6 min 11 s (4.05, 0.901): 0.78x.
+           2026-12-07 09:07, fresh clone, SCST's sampler no longer sorting
+           (decoding.sampler): 3 min 55 s, test CIDEr-D 3.99, pointing 0.898.
            One process, alternating (tfcaption's own train step on the
            demo's batches, 4 rounds): the separable projection's
            cross-entropy step is ~0.7x the full 3x3's (223-260 ms against
