@@ -2,6 +2,7 @@
 as a table of TensorFlow ops by self time (host CPU or device).
 
     .venv/bin/python bench/profile_step.py [--grouped 5] [--steps 10] [--top 25]
+        [--precision mixed_bfloat16]
 
 The step, model sizes and cache are bench/training.py's (Flickr8k captions,
 random 8x8x2048 grids, E256 U512 A512 F512, vocabulary 5000, batch 64). The
@@ -60,6 +61,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--precision", default="",
+                        help="train.mixed_precision, e.g. mixed_bfloat16 (default float32)")
     args = parser.parse_args()
 
     found = flickr_captions(str(SHARED / "flickr8k"))
@@ -78,7 +81,8 @@ def main() -> int:
             features=FeatureConfig(cache_dir=cache),
             pipeline=PipelineConfig(batch_size=batch, captions_per_image=k),
             model=ModelConfig(embedding_dim=256, units=512, attention_units=512, feature_dim=256),
-            train=TrainConfig(train_dir=os.path.join(tmp, "train"), epochs=1))
+            train=TrainConfig(train_dir=os.path.join(tmp, "train"), epochs=1,
+                              mixed_precision=args.precision))
         trainer = training.make_trainer(config)
         step = training.make_step(trainer)
         batches, _ = draw_batches(config, trainer.tokenizer, args.steps)
@@ -105,7 +109,7 @@ def main() -> int:
     self_key = ("total_self_time", "Total self-time (us)", "total_self_time_in_us")
     rows.sort(key=lambda r: -number(r, *self_key))
     total = sum(number(r, *self_key) for r in rows) or 1.0
-    what = f"grouped x{k}" if k else "pairs"
+    what = (f"grouped x{k}" if k else "pairs") + f", {args.precision or 'float32'}"
     print(f"\n{args.steps} steps, {what}, batch {batch}: TensorFlow ops by self time "
           f"({total / 1e3 / args.steps:.0f} ms of op time per step)\n")
     print(f"{'op type':<28}{'op name':<60}{'ms/step':>9}{'share':>8}")

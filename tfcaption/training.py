@@ -57,6 +57,34 @@ class SummedGradientsAdam(keras.optimizers.Adam):
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return list(grads_and_vars)
 
+    def update_step(self, gradient, variable, learning_rate):
+        """Keras' Adam update in one fused kernel (ResourceApplyAdam, the
+        same formula: m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2), var -=
+        m alpha / (sqrt(v) + eps), alpha = lr sqrt(1 - b2^t) / (1 - b1^t)).
+        Keras writes it as ~10 elementwise ops a variable, each a pass over
+        memory; at the bench's sizes (5.4 M weights) the update took 10.6 ms
+        of a ~200 ms step that way. Variables are tf.Variables here (the TF
+        backend hands them over inside tf.distribute's update, per replica).
+
+        An embedding's sparse gradient keeps Keras' own update: Keras squares
+        its slices before summing those of a repeated word, so its second
+        moment is not dense Adam's where a word repeats in a batch; runs keep
+        training as they did."""
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        constant = lambda x: tf.cast(x, dtype)  # noqa: E731
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=m.value.handle, v=v.value.handle,
+            beta1_power=tf.pow(constant(self.beta_1), step),
+            beta2_power=tf.pow(constant(self.beta_2), step), lr=constant(learning_rate),
+            beta1=constant(self.beta_1), beta2=constant(self.beta_2),
+            epsilon=constant(self.epsilon), grad=tf.cast(gradient, dtype))
+
+
 
 @dataclasses.dataclass
 class Trainer:

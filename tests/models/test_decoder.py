@@ -219,3 +219,27 @@ def test_folded_norm_affine_is_the_layers_function_and_gradients(kernel, separab
     np.testing.assert_allclose(outputs["folded"][0], outputs["unfolded"][0], atol=1e-5)
     for a, b in zip(outputs["folded"][1], outputs["unfolded"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_training_normalises_the_grid_with_xla_searches_without():
+    """The train step's feature normalisation is XLA-fused (projection.normalise_compiled);
+    searches and exports, which TF Serving and TFLite run, keep plain ops. Same values."""
+    from tfcaption.models.projection import normalise, normalise_compiled
+
+    decoder = tiny_decoder()
+    rng = np.random.default_rng(0)
+    # Channels far from mean 0 / variance 1, as a backbone's are.
+    features = tf.constant(40 + 9 * rng.standard_normal((2, LOCATIONS, CHANNELS)), tf.float32)
+    np.testing.assert_allclose(normalise_compiled(features, 1e-3, tf.float32).numpy(),
+                               normalise(features, 1e-3, tf.float32).numpy(), atol=1e-5)
+    np.testing.assert_allclose(decoder.project_features(features, training=True).numpy(),
+                               decoder.project_features(features).numpy(), atol=1e-5)
+
+    def compiled_calls(training: bool) -> int:
+        fn = tf.function(lambda f: decoder.project_features(f, training), autograph=False)
+        graph = fn.get_concrete_function(features).graph
+        return sum(1 for op in graph.get_operations()
+                   if "_XlaMustCompile" in op.node_def.attr
+                   and op.node_def.attr["_XlaMustCompile"].b)
+
+    assert compiled_calls(True) == 1 and compiled_calls(False) == 0

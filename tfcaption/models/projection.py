@@ -8,6 +8,21 @@ import tensorflow as tf
 from tfcaption.models.attention import LocationEmbedding
 
 
+def normalise(features, epsilon: float, dtype):
+    """Each location's channels to mean 0 and variance 1 (feature_norm
+    without its scale and offset), computed in float32, returned in dtype."""
+    x = tf.cast(features, tf.float32)
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return tf.cast((x - mean) * tf.math.rsqrt(variance + epsilon), dtype)
+
+
+# The same function fused by XLA, for the train step: unfused it is six passes
+# over the batch's grid (cast, mean, squared difference, mean, subtract and
+# scale, cast), ~22 ms of op time in a ~200 ms step at the bench's sizes
+# (64 x 64 x 2048); fused, its passes cost about as much as the first cast.
+normalise_compiled = tf.function(normalise, jit_compile=True, autograph=False)
+
+
 class FeatureProjection:
     """A mixin for a keras.Model decoder (RecurrentDecoder, TransformerDecoder,
     each calling _init_projection first): feature_norm, feature_proj and the
@@ -65,7 +80,7 @@ class FeatureProjection:
                 "feature_kernel": self.feature_kernel, "grid_shape": self.grid_shape,
                 "feature_separable": self.feature_separable}
 
-    def project_features(self, features):
+    def project_features(self, features, training=False):
         """feature_proj(feature_norm(features)), with the norm's scale and offset
         folded into the projection: proj(gamma * x + beta) = proj'(x) + proj(beta),
         proj' having its input channels scaled by gamma.
@@ -86,9 +101,7 @@ class FeatureProjection:
         if not proj.built:
             self._build_projection(features.shape[-1])
         dtype = proj.compute_dtype
-        x = tf.cast(features, tf.float32)
-        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        x = tf.cast((x - mean) * tf.math.rsqrt(variance + norm.epsilon), dtype)
+        x = (normalise_compiled if training else normalise)(features, norm.epsilon, dtype)
         gamma, beta = tf.cast(norm.gamma, dtype), tf.cast(norm.beta, dtype)
         bias = tf.cast(proj.bias, dtype)
         if self.feature_separable:

@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from tfcaption.config import ModelConfig
+from tfcaption.models.logits import VocabularyProjection
 from tfcaption.models.projection import FeatureProjection
 
 NEG = -1e9  # a masked score: exp() gives exactly 0, and no inf - inf = NaN
@@ -203,7 +204,8 @@ class TransformerDecoder(FeatureProjection, keras.Model):
                             for i in range(num_layers))
         self.final_norm = keras.layers.LayerNormalization(name="final_norm")
         self.drop = keras.layers.Dropout(dropout)
-        self.logits_layer = keras.layers.Dense(vocab_size, name="logits", dtype="float32")
+        self.logits_layer = VocabularyProjection(vocab_size, self.compute_dtype,
+                                                 name="logits")
 
     @classmethod
     def from_config_dataclass(cls, cfg: ModelConfig, vocab_size: int,
@@ -224,7 +226,7 @@ class TransformerDecoder(FeatureProjection, keras.Model):
     def grid(self, features, training=False):
         """features (batch, locations, channels) -> the projected grid with its
         location embedding (batch, locations, feature_dim)."""
-        return self.drop(self.positions(self.project_features(features)), training=training)
+        return self.drop(self.positions(self.project_features(features, training)), training=training)
 
     def encode(self, features, training=False, max_len=None):
         """features (batch, locations, channels) -> values, keys (batch, layers,
