@@ -248,6 +248,7 @@ def test_temperature_zero_samples_are_the_greedy_caption_n_times(trained):
         assert summary["samples"]["self_bleu_4"] == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.integration  # a SavedModel export and the report page: ~10 s
 def test_sampled_diversity_goes_into_metrics_and_the_report(trained, tmp_path):
     config = tiny_synthetic(trained)
     config.eval.out_dir, config.eval.report_dir = str(tmp_path / "eval"), str(tmp_path / "rep")

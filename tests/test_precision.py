@@ -81,14 +81,23 @@ COMBOS = [(p, jit, devices) for p in ("mixed_bfloat16", "mixed_float16")
           for jit in (False, True) for devices in (1, 2)]
 
 
-# In the default suite: both policies on one device, bfloat16 on two. The XLA
+# In `make test`: both policies on one device; bfloat16 on two devices (a
+# whole loss curve, ~22 s) in `make test-integration`, which CI runs too (two
+# replicas' step under a mixed policy is also in test_training.py). The XLA
 # cases and float16 on two devices (its loss scale across replicas is also
 # tested in test_training.py) run with `make test-slow`.
-QUICK = {("mixed_bfloat16", False, 1), ("mixed_float16", False, 1), ("mixed_bfloat16", False, 2)}
+QUICK = {("mixed_bfloat16", False, 1), ("mixed_float16", False, 1)}
+INTEGRATION = {("mixed_bfloat16", False, 2)}
 
 
-@pytest.mark.parametrize("policy, jit, devices", [
-    c if c in QUICK else pytest.param(*c, marks=pytest.mark.slow) for c in COMBOS])
+def marked(combo):
+    if combo in QUICK:
+        return combo
+    mark = pytest.mark.integration if combo in INTEGRATION else pytest.mark.slow
+    return pytest.param(*combo, marks=mark)
+
+
+@pytest.mark.parametrize("policy, jit, devices", [marked(c) for c in COMBOS])
 def test_mixed_precision_follows_float32_and_traces_as_make_step_says(
         cached, float32_curve, policy, jit, devices):
     config = dataclasses.replace(cached, train=dataclasses.replace(
