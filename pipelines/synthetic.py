@@ -27,6 +27,12 @@ Runtime:   after the install (what `make demo` runs), on 2-core CPUs. This
            then the full 3x3 recipe 6 min 11 s (4.05, 0.901): 0.78x.
            2026-12-07 09:07, fresh clone, SCST's sampler no longer sorting
            (decoding.sampler): 3 min 55 s, test CIDEr-D 3.99, pointing 0.898.
+           2026-12-07 10:53, fresh clone of 7637902 (Adam fused, the vocabulary
+           gradients and the feature norm changed in the train step): 4 min
+           38 s at a slower hour, test CIDEr-D 3.99 (3.986), pointing 0.904,
+           no time-limit message; validation after cross-entropy epochs
+           1-10 0.33 1.13 1.65 1.95 2.33 2.73 2.72 3.06 3.15 3.19, after SCST
+           3.90.
            One process, alternating (tfcaption's own train step on the
            demo's batches, 4 rounds): the separable projection's
            cross-entropy step is ~0.7x the full 3x3's (223-260 ms against
