@@ -85,6 +85,7 @@ def reference(cut):
     return types.SimpleNamespace(config=config, summary=summary, seen=seen)
 
 
+@pytest.mark.integration  # a whole run of three phases (the `reference` fixture), ~23 s
 def test_phases_start_from_the_best_checkpoint_and_only_later_ones_train_the_top(reference):
     summary, seen, config = reference.summary, reference.seen, reference.config
     assert (summary["steps_per_epoch"], summary["finetune_steps"], summary["scst_steps"],
@@ -136,8 +137,10 @@ def test_a_run_killed_in_fine_tuning_resumes_to_the_same_weights(reference, cut,
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(a, b)) <= 1e-5
 
 
-def test_a_checkpoint_with_a_top_is_refused_by_a_config_without_one(reference, cut):
-    config = finetuned(cut, "reference")
+def test_a_checkpoint_with_a_top_is_refused_by_a_config_without_one(cut):
+    # A checkpoint with a top: an untrained run's, saved at step 0.
+    config = finetuned(cut, "with-top", finetune_epochs=0, rl_epochs=0)
+    training.make_trainer(config).latest.save(checkpoint_number=0)
     config.features.trainable_from = ""
     with pytest.raises(ValueError, match="features.trainable_from=fire6.*this config says "
                                          "no features.trainable_from"):
@@ -185,6 +188,7 @@ def test_the_saved_model_serves_the_fine_tuned_top(reference, cut, tmp_path):
     assert np.abs(untuned.beam["scores"] - eager.beam["scores"]).max() > 1e-3
 
 
+@pytest.mark.integration  # a TFLite export of the `reference` run
 def test_the_tflite_model_runs_the_fine_tuned_top(reference, cut, tmp_path):
     """The TFLite export (uint8 pixels in) holds the bottom and the fine-tuned
     top: its greedy captions, scores and attention are this process's over
