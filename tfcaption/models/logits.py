@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+
 class VocabularyProjection(keras.layers.Dense):
     """Dense(vocabulary) in float32, whose two gradient products run in the
     decoder's compute dtype under a mixed policy.
