@@ -85,7 +85,6 @@ class SummedGradientsAdam(keras.optimizers.Adam):
             epsilon=constant(self.epsilon), grad=tf.cast(gradient, dtype))
 
 
-
 @dataclasses.dataclass
 class Trainer:
     """Everything a run holds: strategy, data, model, optimizer, checkpoints."""
