@@ -226,7 +226,8 @@ class TransformerDecoder(FeatureProjection, keras.Model):
     def grid(self, features, training=False):
         """features (batch, locations, channels) -> the projected grid with its
         location embedding (batch, locations, feature_dim)."""
-        return self.drop(self.positions(self.project_features(features, training)), training=training)
+        grid = self.positions(self.project_features(features, training))
+        return self.drop(grid, training=training)
 
     def encode(self, features, training=False, max_len=None):
         """features (batch, locations, channels) -> values, keys (batch, layers,
