@@ -25,7 +25,7 @@ reference in one process (round 1, round 2, ...), best round kept:
                    pipeline did before)
     bucketed       the default: length buckets, each batch padded to its bucket's
                    boundary (XLA compiles once per boundary; without XLA the
-                   step traces twice in all, training.make_step)
+                   step traces once in all, training.make_step)
     bucketed bf16  the same under train.mixed_precision=mixed_bfloat16
     grouped x5     pipeline.captions_per_image=5: batches of 65 captions from 13
                    images, each image encoded once for its 5 captions (bucketed too)
@@ -463,7 +463,7 @@ def main() -> int:
     print(f"captions/s against the tutorial-style step (Flickr8k captions, the tutorial's "
           f"sizes): {best} {captions[best] / captions['tutorial-style']:.1f}x, bucketed "
           f"{captions['bucketed'] / captions['tutorial-style']:.1f}x")
-    print("warm-up: the first call of each distinct batch shape (the step traces twice "
+    print("warm-up: the first call of each distinct batch shape (the step traces once "
           "in all without XLA, once per shape with it): "
           f"{runs['bucketed']['shapes']} shapes among the bucketed batches (padded to "
           f"bucket boundaries), {runs['own longest']['shapes']} when each batch is cut to "

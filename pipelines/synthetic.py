@@ -33,6 +33,20 @@ Runtime:   after the install (what `make demo` runs), on 2-core CPUs. This
            no time-limit message; validation after cross-entropy epochs
            1-10 0.33 1.13 1.65 1.95 2.33 2.73 2.72 3.06 3.15 3.19, after SCST
            3.90.
+           2026-12-07 13:15, fresh clone of 1849b8b (the step traced once, not
+           twice; tf.data's functions without autograph), at the slowest hour
+           seen (a float32 1024^3 matmul at 185 GFLOP/s, against ~350 at fast
+           hours): 7 min 16 s (cross-entropy 270 s, 0.26 s a step with its
+           validations; SCST ~85 s), the same validations to the third
+           decimal (epoch 11: 3.259), test CIDEr-D 3.986, pointing 0.904, no
+           time-limit message: the steps fix the model, not the minutes.
+           2026-12-07 13:46, fresh clone of c46ef55 (the attention reads each
+           image's values and keys once for its 2 captions; a 231 GFLOP/s
+           matmul): 5 min 15 s (cross-entropy 171 s), test CIDEr-D 3.966,
+           BLEU-4 0.716, pointing 0.890, no time-limit message. Its sums run
+           in another order, so from epoch 3 on the validations differ in
+           the second decimal: 0.33 1.13 1.62 1.99 2.30 2.72 2.76 3.00 3.11
+           3.11 3.25, after SCST 3.95.
            One process, alternating (tfcaption's own train step on the
            demo's batches, 4 rounds): the separable projection's
            cross-entropy step is ~0.7x the full 3x3's (223-260 ms against

@@ -86,7 +86,7 @@ class PipelineConfig:
     # Token lengths (with <start> and <end>) batches are padded to; one more at
     # max_caption_words + 2 is always added. Every batch has batch_size rows and
     # one of these lengths, so under XLA or on a TPU the train step traces (and
-    # compiles) once per boundary; elsewhere twice in all (training.make_step).
+    # compiles) once per boundary; elsewhere once in all (training.make_step).
     # One per length where captions are common: on Flickr8k 98% of the padded
     # tokens are real (0.87 with (8, 12, 16, 20)), for 13 compiles instead of 5.
     bucket_boundaries: tuple[int, ...] = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 24)

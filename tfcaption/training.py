@@ -406,21 +406,45 @@ def make_step(trainer: Trainer, phase: str = "xe"):
     int64) -> the same.
 
     Traces: under XLA (train.jit_compile) and on TPUs, one per batch shape (one
-    per bucket boundary): a compiler wants static shapes. Elsewhere at most two
-    whatever the buckets: the first batch's shape, then one with the shapes
-    that differ left unknown (reduce_retracing), which serves every later
-    bucket; the scan over time does not need its length in the graph. A trace
-    of the demo's step takes ~2.5 s; its 10 bucket widths took 24.6 s of
-    tracing, 6.2 s this way, and the steps ran as fast (one measurement).
+    per bucket boundary): a compiler wants static shapes. Elsewhere one in all,
+    whatever the buckets: the first call traces for tokens of any length
+    (_any_length), which serves every bucket; the scan over time does not need
+    its length in the graph. A trace of the demo's step takes ~2.5 s: its 10
+    bucket widths took 24.6 s of tracing one per width, 6.2 s with two traces
+    (the first batch's shape, then reduce_retracing's unknown length), and the
+    steps ran as fast (one measurement). The SCST step keeps reduce_retracing
+    (its references are padded to one length: it traces once too).
     """
     replica_step, strategy = _replica_step(trainer, phase), trainer.strategy
     tc = trainer.config.train
+    static = tc.jit_compile or tc.strategy == "tpu"
 
-    @tf.function(reduce_retracing=not (tc.jit_compile or tc.strategy == "tpu"), autograph=False)
+    @tf.function(reduce_retracing=not static, autograph=False)
     def step(features, tokens, *seed):
         return _reduced(strategy, *strategy.run(replica_step, args=(features, tokens, *seed)))
 
-    return step
+    if static or phase == "rl":
+        return step
+    traced = []
+
+    def step_any_length(features, tokens, *seed):
+        if not traced:
+            step.get_concrete_function(tf.type_spec_from_value(features), _any_length(tokens),
+                                       *map(tf.type_spec_from_value, seed))
+            traced.append(True)
+        return step(features, tokens, *seed)
+
+    return step_any_length
+
+
+def _any_length(tokens) -> tf.TypeSpec:
+    """The spec of tokens (rows, T), or of a PerReplica of them, with T unknown."""
+    spec = tf.type_spec_from_value(tokens)
+    parts = [tf.TensorSpec([s.shape[0], None], s.dtype)
+             for s in tf.nest.flatten(spec, expand_composites=True)]
+    # A PerReplicaSpec is built from its replicas' specs (nest would pack them
+    # into a PerReplica value instead).
+    return parts[0] if isinstance(spec, tf.TensorSpec) else type(spec)(*parts)
 
 
 def make_multi_step(trainer: Trainer):
@@ -467,7 +491,8 @@ def greedy_captions(trainer: Trainer, split_role: str, limit: int = 0,
     batch = -(-trainer.config.train.val_batch_size // replicas) * replicas
     ids = pipeline.image_dataset(cache, split_role, batch, static=True)
     feats = distribute.distribute(strategy, lambda: pipeline.image_dataset(
-        cache, split_role, batch, static=True).map(lambda b: (b["features"],)))
+        cache, split_role, batch, static=True).map(
+            tf.autograph.experimental.do_not_convert(lambda b: (b["features"],))))
     out: dict[str, str] = {}
     for rows, (grid,) in zip(ids, feats):
         captions = trainer.tokenizer.detokenize(decode(grid)).numpy()

@@ -82,6 +82,32 @@ def test_no_python_in_the_input_graph(cache):
         assert op not in graph
 
 
+def test_no_function_of_the_pipelines_goes_through_autograph(cache, monkeypatch):
+    """Each mapped function is plain TensorFlow ops; autograph would transpile
+    it all the same (~3 s of a tiny training process, pipeline._plain)."""
+    from tensorflow.python.autograph.impl import api
+    converted, real = [], api.converted_call
+    def spy(f, *args, **kwargs):
+        # TensorFlow's own functions pass through here too, unconverted.
+        if str(getattr(f, "__module__", "")).startswith("tfcaption"):
+            converted.append(f.__qualname__)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(api, "converted_call", spy)
+    config, tokenizer = cache
+    cache_dir = config.features.cache_dir
+    for k, memory in ((0, True), (2, False)):  # in memory; one window at a time
+        cfg = dataclasses.replace(config.pipeline, captions_per_image=k, batch_size=4,
+                                  cache_in_memory=memory)
+        next(iter(pipeline.TrainingData(cache_dir, tokenizer, cfg).dataset(0, 1)))
+    next(iter(pipeline.replica_slices(pipeline.training_dataset(cache_dir, tokenizer, cfg),
+                                      2, range(1, 2))))
+    next(iter(pipeline.image_dataset(cache_dir, "train", 5, static=True)))
+    pipeline.references(cache_dir, "train")
+    features.extract(config, "val")  # the images' decoding
+    assert converted == []
+
+
 def test_images_and_references_for_decoding(cache):
     config, _ = cache
     batches = list(pipeline.image_dataset(config.features.cache_dir, "train", batch_size=5))

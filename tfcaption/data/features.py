@@ -157,7 +157,9 @@ class Extractor:
             return index, self.backbone.resize(decode_image(encoded))
 
         ds = tf.data.Dataset.from_tensor_slices((np.arange(len(examples)), sources, is_path))
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # Plain TensorFlow ops (tf.cond, not if): autograph need not transpile it.
+        ds = ds.map(tf.autograph.experimental.do_not_convert(load),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.ignore_errors()
         ds = ds.batch(self.config.features.batch_size).prefetch(2)
         # tf.data's autotuner keeps re-optimising a pipeline whose consumer (the

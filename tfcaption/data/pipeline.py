@@ -30,6 +30,11 @@ from tfcaption.config import PipelineConfig
 from tfcaption.data import batches, text
 from tfcaption.data.features import load_manifest, sidecar_name
 
+# tf.data runs autograph over every function it maps, unless told not to: it
+# transpiles Python that has no control flow on tensors here (each is plain
+# TensorFlow ops), ~3 s of a tiny training process's 10 (cProfile).
+_plain = tf.autograph.experimental.do_not_convert
+
 _SPEC = {
     "image_id": tf.io.FixedLenFeature([], tf.string),
     "features": tf.io.FixedLenFeature([], tf.string),
@@ -67,7 +72,7 @@ def _parsed(records: tf.data.Dataset, manifest: dict, mirrors: bool = False
             out.update(mirror=grid(row["mirror"]), mirrorable=row["mirrorable"] > 0)
         return out
 
-    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(_plain(parse), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def read_records(manifest: dict) -> tf.data.Dataset:
@@ -100,7 +105,7 @@ def _window_tensors(records: tf.data.Dataset, count, tokenizer: text.Tokenizer) 
     (R, T), each caption's image (R,), each image's first caption and count (n,);
     with mirrors, also mirror (n, L, C) and mirrorable (n,)."""
     # The exact count: batch() preallocates batch_size rows.
-    whole = records.map(lambda row: {k: v for k, v in row.items() if k != "image_id"})
+    whole = records.map(_plain(lambda row: {k: v for k, v in row.items() if k != "image_id"}))
     rows = whole.ragged_batch(tf.cast(count, tf.int64)).get_single_element()
     captions = rows.pop("captions")
     counts = tf.cast(captions.row_lengths(), tf.int32)
@@ -115,7 +120,7 @@ def _caption_counts(files: list[str]) -> list[int]:
     """Captions per image, in cache order, parsing nothing but the captions."""
     spec = {"captions": tf.io.VarLenFeature(tf.string)}
     ds = tf.data.TFRecordDataset(files).map(
-        lambda r: tf.size(tf.io.parse_single_example(r, spec)["captions"].values),
+        _plain(lambda r: tf.size(tf.io.parse_single_example(r, spec)["captions"].values)),
         num_parallel_calls=tf.data.AUTOTUNE)
     return [int(n) for batch in ds.batch(4096).as_numpy_iterator() for n in batch]
 
@@ -201,7 +206,7 @@ class TrainingData:
         rows = table or [(epochs, 0, 0)]
         ds = tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c, tf.int32)
                                                       for c in zip(*rows)))
-        ds = ds.flat_map(self._window_batches)
+        ds = ds.flat_map(_plain(self._window_batches))
         return (ds if table else ds.take(0)).prefetch(2)
 
     def _records(self, files) -> tf.data.Dataset:
@@ -240,7 +245,7 @@ class TrainingData:
         rows, pad_to = batches.plan(lengths, self.rows_per_batch, self.pad_lengths,
                                     self.seed, epoch, window)
         plan = tf.data.Dataset.from_tensor_slices((rows, pad_to)).skip(tf.cast(skip, tf.int64))
-        return plan.map(lambda r, t: self._assemble(data, chosen, r, t, flips))
+        return plan.map(_plain(lambda r, t: self._assemble(data, chosen, r, t, flips)))
 
     def _assemble(self, data: dict, chosen, rows, pad_to, flips=None):
         valid = rows >= 0
@@ -288,7 +293,7 @@ def replica_slices(ds: tf.data.Dataset, replicas: int, mine: range) -> tf.data.D
 
     if replicas == 1:
         return ds
-    return ds.flat_map(split)
+    return ds.flat_map(_plain(split))
 
 
 def image_dataset(cache_dir: str, split_role: str, batch_size: int,
@@ -297,8 +302,8 @@ def image_dataset(cache_dir: str, split_role: str, batch_size: int,
     one row per image: what decoding and evaluation read. static: every batch
     has batch_size rows, the last one filled with rows whose image_id is ""."""
     manifest = load_manifest(cache_dir, split_role)
-    ds = read_records(manifest).map(lambda row: {"image_id": row["image_id"],
-                                                 "features": row["features"]})
+    ds = read_records(manifest).map(_plain(lambda row: {"image_id": row["image_id"],
+                                                        "features": row["features"]}))
     ds = ds.batch(batch_size)
     if static:
         def fill(batch):
@@ -306,15 +311,15 @@ def image_dataset(cache_dir: str, split_role: str, batch_size: int,
             return {"image_id": tf.pad(batch["image_id"], [[0, short]]),
                     "features": tf.pad(batch["features"], [[0, short], [0, 0], [0, 0]])}
         h, w, c = manifest["grid_shape"]
-        ds = ds.map(fill).map(lambda b: {
+        ds = ds.map(_plain(fill)).map(_plain(lambda b: {
             "image_id": tf.ensure_shape(b["image_id"], [batch_size]),
-            "features": tf.ensure_shape(b["features"], [batch_size, h * w, c])})
+            "features": tf.ensure_shape(b["features"], [batch_size, h * w, c])}))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def references(cache_dir: str, split_role: str) -> dict[str, list[str]]:
     """image_id -> its raw reference captions, as cached."""
     manifest = load_manifest(cache_dir, split_role)
-    ds = read_records(manifest).map(lambda row: (row["image_id"], row["captions"]))
+    ds = read_records(manifest).map(_plain(lambda row: (row["image_id"], row["captions"])))
     return {i.decode(): [c.decode("utf-8") for c in caps]
             for i, caps in ds.as_numpy_iterator()}

@@ -26,17 +26,33 @@ class BahdanauAttention(keras.layers.Layer):
         return self.w1(values)
 
     def call(self, values, keys, state):
-        """values: (batch, locations, channels); keys: (batch, locations, units);
-        state: (batch, state_units) -> context (batch, channels), alpha (batch, locations)."""
-        hidden = tf.tanh(keys + tf.expand_dims(self.w2(state), 1))
-        scores = tf.squeeze(self.v(hidden), -1)
-        # Softmax in float32: float16 sums over ~100-200 locations lose precision.
-        alpha = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
-        context = tf.einsum("bl,blc->bc", tf.cast(alpha, values.dtype), values)
-        return context, alpha
+        """values: (images, locations, channels); keys: (images, locations, units);
+        state: (batch, state_units) -> context (batch, channels), alpha (batch, locations).
+
+        batch = K * images (static): rows i K .. i K + K - 1 query image i
+        (captions grouped by image). Each image's values and keys are then
+        read once for its K rows, not copied K times: in training, their
+        per-step gradient sums are K times smaller too."""
+        images, rows = values.shape[0], state.shape[0]
+        if images is None or rows is None or images == rows:
+            hidden = tf.tanh(keys + tf.expand_dims(self.w2(state), 1))
+            alpha = _softmax(tf.squeeze(self.v(hidden), -1))
+            context = tf.einsum("bl,blc->bc", tf.cast(alpha, values.dtype), values)
+            return context, alpha
+        query = tf.reshape(self.w2(state), [images, rows // images, 1, self.units])
+        hidden = tf.tanh(tf.expand_dims(keys, 1) + query)  # (images, K, locations, units)
+        alpha = _softmax(tf.squeeze(self.v(hidden), -1))
+        context = tf.einsum("ikl,ilc->ikc", tf.cast(alpha, values.dtype), values)
+        return (tf.reshape(context, [rows, values.shape[-1]]),
+                tf.reshape(alpha, [rows, values.shape[1]]))
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+def _softmax(scores):
+    # In float32: float16 sums over ~100-200 locations lose precision.
+    return tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
 
 
 class LocationEmbedding(keras.layers.Layer):

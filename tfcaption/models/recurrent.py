@@ -102,16 +102,20 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                                                 else tf.zeros_like(mean))
 
     def _per_caption(self, features, tokens, training):
-        """Each image encoded once, then its values, keys and state given to each
-        of its caption rows."""
+        """Each image encoded once, then its state given to each of its caption
+        rows. Its values and keys stay one row per image when both counts are
+        static (the attention groups the rows by image); otherwise they are
+        given to each row too."""
         values, keys, state = self.encode(features, training=training)
         images, rows = features.shape[0], tokens.shape[0]
         if images is None or rows is None or images != rows:
             # A gather, not tf.repeat: its output shape stays static under XLA.
             per_image = tf.shape(tokens)[0] // tf.shape(features)[0]
             index = tf.range(tf.shape(tokens)[0]) // per_image
-            values, keys, state = tf.nest.map_structure(lambda x: tf.gather(x, index),
-                                                        (values, keys, state))
+            give = lambda x: tf.gather(x, index)  # noqa: E731
+            state = tf.nest.map_structure(give, state)
+            if images is None or rows is None:
+                values, keys = give(values), give(keys)
         return values, keys, state
 
     def advance(self, token, state, values, keys, training=False, context_tap=None):
@@ -185,6 +189,7 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
         frozen = tf.stop_gradient(values)
         first = (tf.zeros([batch, self.embedding_dim], values.dtype), state,
                  tf.zeros([batch, tf.shape(values)[1]], tf.float32))
+        no_context = tf.zeros([batch, values.shape[-1]], values.dtype)
         if sampling is None:
             # `advance` step by step, with what does not depend on the state
             # done for all steps at once, outside the loop: the words'
@@ -210,8 +215,7 @@ class RecurrentDecoder(FeatureProjection, keras.Model):
                                           weights)
                 return h, context, state, alpha
 
-            first = (tf.zeros_like(self.hidden(state)), tf.zeros_like(values[:, 0]), state,
-                     first[2])
+            first = (tf.zeros_like(self.hidden(state)), no_context, state, first[2])
             hs, contexts, _, alphas = tf.scan(one, (words_in, taps), initializer=first)
             outputs = self.deep_output(embedded, hs, contexts, training)
             logits = self.project(tf.transpose(outputs, [1, 0, 2]))
@@ -275,7 +279,14 @@ def _context_taps(values, shape):
     def taps(values):
         def gradient(d_taps):
             alphas = tf.cast(alphas_seen[0], d_taps.dtype)
-            return tf.einsum("tbl,tbc->blc", alphas, d_taps)
+            images, locations, channels = values.shape
+            if images is None or d_taps.shape[1] == images:
+                return tf.einsum("tbl,tbc->blc", alphas, d_taps)
+            # K rows per image (BahdanauAttention.call): summed over t and K.
+            steps = tf.shape(d_taps)[0]
+            return tf.einsum("tikl,tikc->ilc",
+                             tf.reshape(alphas, [steps, images, -1, locations]),
+                             tf.reshape(d_taps, [steps, images, -1, channels]))
         return tf.zeros(shape, values.dtype), gradient
 
     return taps(values), alphas_seen
