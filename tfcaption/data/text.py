@@ -15,6 +15,7 @@ core TensorFlow alone, because TF Serving has no tensorflow-text kernels.
 from __future__ import annotations
 
 import collections
+import uuid
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -80,6 +81,28 @@ def load_vocabulary(path: str) -> list[str]:
     return vocab
 
 
+class _VocabularyFile(tf.lookup.TextFileInitializer):
+    """A TextFileInitializer whose table has a name of its own.
+
+    A named table is shared with every live table of that name in the
+    process. TextFileInitializer names
+    it after str(filename), here the Asset, which holds the Asset's memory
+    address: a new Tokenizer whose Asset reused a freed one's address, while
+    a dataset or a graph still held the old table, looked words up in the old
+    vocabulary (seen in the test suite as a loss curve on other words, and as
+    ids beyond vocab_size). Anonymous tables would not be shared, but a
+    SavedModel loaded as TF Serving loads it (a session) leaves them
+    uninitialised."""
+
+    def __init__(self, *args, **kwargs):
+        self._unique_name = f"vocabulary_{uuid.uuid4().hex}"
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _shared_name(self):
+        return self._unique_name
+
+
 class Tokenizer(tf.Module):
     """Maps captions to token ids and back, from a vocabulary file (an asset).
 
@@ -97,12 +120,12 @@ class Tokenizer(tf.Module):
         self.vocab_size = len(load_vocabulary(vocab_path))
         line = tf.lookup.TextFileIndex
         self._word_to_id = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(self.vocab_file, tf.string, line.WHOLE_LINE,
-                                          tf.int64, line.LINE_NUMBER),
+            _VocabularyFile(self.vocab_file, tf.string, line.WHOLE_LINE,
+                            tf.int64, line.LINE_NUMBER),
             default_value=UNK_ID)
         self._id_to_word = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(self.vocab_file, tf.int64, line.LINE_NUMBER,
-                                          tf.string, line.WHOLE_LINE),
+            _VocabularyFile(self.vocab_file, tf.int64, line.LINE_NUMBER,
+                            tf.string, line.WHOLE_LINE),
             default_value=UNK)
 
     def tokenize(self, captions: tf.Tensor) -> tf.RaggedTensor:
