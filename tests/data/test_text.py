@@ -1,5 +1,3 @@
-import gc
-
 import pytest
 import tensorflow as tf
 
@@ -70,23 +68,22 @@ def test_vocabulary_file_must_start_with_specials(tmp_path):
         text.load_vocabulary(str(bad))
 
 
-def test_each_tokenizer_keeps_its_own_vocabulary_while_older_tables_live(tmp_path):
-    """Tokenizers made one after another, each on its own vocabulary, while the
-    older ones' tables stay alive (as a dataset or a graph that captured them
-    keeps them) and their Python objects are freed: each must map with its own
-    file. Named tables took their name from the Asset's address, so a new
-    Tokenizer at a freed one's address got the old vocabulary (within 5 here)."""
+
+def test_each_tokenizer_keeps_its_own_vocabulary_table(tmp_path, monkeypatch):
+    """A table named after str(the vocabulary Asset), i.e. its memory address,
+    was shared with any live table of that name: a new Tokenizer whose Asset
+    reused a freed one's address got the old vocabulary (seen in the suite,
+    allocation-dependent). Every Asset printing alike stands in for that
+    collision, deterministically; each tokenizer must still map with its own
+    file, while the older ones live."""
+    monkeypatch.setattr(tf.saved_model.Asset, "__repr__", lambda self: "<one address>")
     held = []
-    for i in range(60):
+    for i in range(3):
         path = tmp_path / f"vocab{i}.txt"
         path.write_text("\n".join(list(text.SPECIALS) + [f"x{j}" for j in range(i)] + ["w"])
                         + "\n")
-        tokenizer = text.Tokenizer(str(path))
-        ids = tokenizer.tokenize(tf.constant(["w x0"])).to_list()[0]
+        held.append(text.Tokenizer(str(path)))
+        ids = held[-1].tokenize(tf.constant(["w x0"])).to_list()[0]
         assert ids[1] == len(text.SPECIALS) + i, f"tokenizer {i}: another vocabulary's ids"
-        assert tokenizer.detokenize(tf.constant([ids])).numpy()[0].decode() == (
+        assert held[-1].detokenize(tf.constant([ids])).numpy()[0].decode() == (
             "w x0" if i else "w <unk>")
-        held.append((tokenizer._word_to_id.resource_handle,
-                     tokenizer._id_to_word.resource_handle))
-        del tokenizer
-        gc.collect()
