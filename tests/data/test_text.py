@@ -68,7 +68,6 @@ def test_vocabulary_file_must_start_with_specials(tmp_path):
         text.load_vocabulary(str(bad))
 
 
-
 def test_each_tokenizer_keeps_its_own_vocabulary_table(tmp_path, monkeypatch):
     """A table named after str(the vocabulary Asset), i.e. its memory address,
     was shared with any live table of that name: a new Tokenizer whose Asset

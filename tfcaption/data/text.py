@@ -85,14 +85,13 @@ class _VocabularyFile(tf.lookup.TextFileInitializer):
     """A TextFileInitializer whose table has a name of its own.
 
     A named table is shared with every live table of that name in the
-    process. TextFileInitializer names
-    it after str(filename), here the Asset, which holds the Asset's memory
-    address: a new Tokenizer whose Asset reused a freed one's address, while
-    a dataset or a graph still held the old table, looked words up in the old
-    vocabulary (seen in the test suite as a loss curve on other words, and as
-    ids beyond vocab_size). Anonymous tables would not be shared, but a
-    SavedModel loaded as TF Serving loads it (a session) leaves them
-    uninitialised."""
+    process. TextFileInitializer names it after str(filename), here the
+    Asset, which holds the Asset's memory address: a new Tokenizer whose
+    Asset reused a freed one's address, while a dataset or a graph still held
+    the old table, looked words up in the old vocabulary (seen in the test
+    suite as a loss curve on other words, and as ids beyond vocab_size).
+    Anonymous tables would not be shared, but a SavedModel loaded as TF
+    Serving loads it (a session) leaves them uninitialised."""
 
     def __init__(self, *args, **kwargs):
         self._unique_name = f"vocabulary_{uuid.uuid4().hex}"
